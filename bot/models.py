@@ -1,0 +1,159 @@
+"""The value objects that cross the core's boundary: what to make, who asked and where.
+
+Adapters build a ``VideoRequest`` (usually with ``bot.grammar.parse_request``) and an ``Origin``
+and hand them to ``JobService.submit``; backends receive a ``GenerationSpec`` per segment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+
+class Mode(StrEnum):
+    TEXT_TO_VIDEO = "t2v"
+    IMAGE_TO_VIDEO = "i2v"
+
+
+class Quality(StrEnum):
+    STANDARD = "standard"
+    HIGH = "hq"
+
+
+@dataclass(frozen=True)
+class Resolution:
+    width: int
+    height: int
+
+    @classmethod
+    def parse(cls, text: str) -> "Resolution":
+        """Parse ``"1280x720"``; raises ValueError on anything else."""
+        w, sep, h = text.lower().strip().partition("x")
+        if not sep or not w.isdigit() or not h.isdigit():
+            raise ValueError(text)
+        return cls(int(w), int(h))
+
+    def __str__(self) -> str:
+        return f"{self.width}x{self.height}"
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """An image already checked and normalised by ``bot.images.load_image``."""
+
+    data: bytes
+    mime: str
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class VideoRequest:
+    """What to make. ``duration_s`` may exceed one backend segment; the runner stitches."""
+
+    prompt: str
+    duration_s: int = 5
+    resolution: Resolution = Resolution(1280, 720)
+    fps: int = 16
+    seed: int | None = None
+    negative_prompt: str = ""
+    quality: Quality = Quality.STANDARD
+    image: ImageInput | None = None
+
+    @property
+    def mode(self) -> Mode:
+        return Mode.IMAGE_TO_VIDEO if self.image is not None else Mode.TEXT_TO_VIDEO
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Who asked and where the answer goes.
+
+    ``extra`` carries platform details the notifier needs later (a Slack ``response_url``, a
+    Discord interaction token); it is stored with the job, so it must hold no long-lived secret.
+    """
+
+    platform: str
+    workspace_id: str
+    channel_id: str
+    user_id: str
+    user_name: str = ""
+    thread_id: str | None = None
+    is_admin: bool = False
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def user_key(self) -> str:
+        return f"{self.platform}:{self.user_id}"
+
+    @property
+    def workspace_key(self) -> str:
+        return f"{self.platform}:{self.workspace_id}"
+
+
+@dataclass(frozen=True)
+class GenerationSpec:
+    """One backend call: at most one model-length segment."""
+
+    prompt: str
+    width: int
+    height: int
+    duration_s: int
+    fps: int
+    seed: int
+    negative_prompt: str = ""
+    quality: Quality = Quality.STANDARD
+    image: bytes | None = None
+    image_mime: str | None = None
+    guidance_scale: float | None = None
+    num_inference_steps: int | None = None
+    motion_strength: float | None = None
+
+    @property
+    def mode(self) -> Mode:
+        return Mode.IMAGE_TO_VIDEO if self.image is not None else Mode.TEXT_TO_VIDEO
+
+
+class TaskStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class TaskState:
+    """A backend's answer to a poll. A finished task has ``video_url`` or ``video_path``."""
+
+    status: TaskStatus
+    progress: float = 0.0
+    video_url: str | None = None
+    video_path: Path | None = None
+    error: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.status in (TaskStatus.SUCCEEDED, TaskStatus.FAILED)
+
+
+@dataclass(frozen=True)
+class ClipInfo:
+    """What ffprobe-like inspection found in a video file."""
+
+    duration_s: float
+    width: int
+    height: int
+    fps: float
+    frames: int
+    codec: str
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class Clip:
+    """A finished, checked video ready to hand to a notifier."""
+
+    path: Path
+    info: ClipInfo
+    caption: str
