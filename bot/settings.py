@@ -38,7 +38,8 @@ class Settings:
     database_url: str = ""
     data_dir: Path = Path("./videobot-data")
     limits_path: Path = Path("videobot.toml")
-    # runner
+    # runner: how many backend tasks may run at once (0: the backend's own default)
+    max_concurrency: int = 0
     poll_interval_s: float = 5.0
     progress_interval_s: float = 3.0
     job_timeout_s: float = 1800.0
@@ -47,6 +48,8 @@ class Settings:
     # operations: /healthz and /metrics; 0 turns the endpoint off
     http_port: int = 8080
     http_host: str = "0.0.0.0"
+    # bearer key for the job API (POST /v1/jobs); unset turns the API off
+    api_key: str = field(default="", repr=False)
     log_level: str = "INFO"
     # Slack
     slack_bot_token: str = field(default="", repr=False)
@@ -74,6 +77,7 @@ class Settings:
             s
             for s in (
                 self.wan_api_key,
+                self.api_key,
                 self.slack_bot_token,
                 self.slack_app_token,
                 self.slack_signing_secret,
@@ -97,6 +101,7 @@ class Settings:
             database_url=_str("DATABASE_URL"),
             data_dir=Path(_str("VIDEOBOT_DATA_DIR", "./videobot-data")),
             limits_path=Path(_str("VIDEOBOT_LIMITS", "videobot.toml")),
+            max_concurrency=_int("VIDEOBOT_MAX_CONCURRENCY", 0),
             poll_interval_s=_float("VIDEOBOT_POLL_INTERVAL", 5.0),
             progress_interval_s=_float("VIDEOBOT_PROGRESS_INTERVAL", 3.0),
             job_timeout_s=_float("VIDEOBOT_JOB_TIMEOUT", 1800.0),
@@ -104,6 +109,7 @@ class Settings:
             media_retention_days=_int("VIDEOBOT_MEDIA_RETENTION_DAYS", 7),
             http_port=_int("VIDEOBOT_HTTP_PORT", 8080),
             http_host=_str("VIDEOBOT_HTTP_HOST", "0.0.0.0"),
+            api_key=_str("VIDEOBOT_API_KEY"),
             log_level=_str("VIDEOBOT_LOG_LEVEL", "INFO").upper(),
             slack_bot_token=_str("SLACK_BOT_TOKEN"),
             slack_app_token=_str("SLACK_APP_TOKEN"),

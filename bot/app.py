@@ -1,0 +1,192 @@
+"""The composition root: builds settings, storage, limits, backend, service and runner.
+
+Everything is wired here and nowhere else. ``Core`` is what ``videobot serve`` and
+``videobot generate`` run, and what tests start against a fresh SQLite file.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from bot.backends.base import Backend
+from bot.database import Database
+from bot.errors import VideobotError
+from bot.limits import LimitsStore
+from bot.metrics import Metrics, build_ops_app
+from bot.runner import Runner, RunnerOptions
+from bot.service import JobService
+from bot.settings import Settings
+from storage.engine import make_engine, upgrade
+from storage.repository import JobRepository
+
+log = logging.getLogger(__name__)
+
+SIMULATOR_LABEL = "simulator (no real model)"
+
+
+class ConfigurationError(VideobotError):
+    """A setting is missing or wrong; the message names it."""
+
+
+@dataclass
+class _Embedded:
+    """Servers this process runs for itself (the built-in simulator, the ops endpoints)."""
+
+    runners: list[web.AppRunner] = field(default_factory=list)
+
+    async def close(self) -> None:
+        for runner in reversed(self.runners):
+            await runner.cleanup()
+        self.runners.clear()
+
+
+async def build_backend(settings: Settings, embedded: _Embedded) -> Backend:
+    """The backend ``VIDEOBOT_BACKEND`` names; the simulator runs in process on loopback."""
+    from bot.backends.http import HttpBackend
+
+    concurrency = settings.max_concurrency or 4
+    if settings.backend == "http":
+        if not settings.wan_api_base_url:
+            raise ConfigurationError("VIDEOBOT_BACKEND=http needs WAN_API_BASE_URL (the provider's /v1 URL).")
+        return HttpBackend(
+            settings.wan_api_base_url, settings.wan_api_key, model=settings.wan_model, max_concurrency=concurrency
+        )
+    if settings.backend == "simulator":
+        from bot.provider.server import bound_port, serve_provider
+        from bot.provider.simulator import build_simulator_app
+
+        files = settings.data_dir / "simulator"
+        files.mkdir(parents=True, exist_ok=True)
+        runner = await serve_provider(build_simulator_app(files_dir=files, max_parallel=concurrency), "127.0.0.1", 0)
+        embedded.runners.append(runner)
+        return HttpBackend(
+            f"http://127.0.0.1:{bound_port(runner)}/v1",
+            name="simulator",
+            label=SIMULATOR_LABEL,
+            max_concurrency=concurrency,
+        )
+    if settings.backend == "diffusers":
+        from bot.gpu.backend import DiffusersBackend
+
+        if not settings.videobot_model:
+            raise ConfigurationError("VIDEOBOT_BACKEND=diffusers needs VIDEOBOT_MODEL (a model id or local path).")
+        return DiffusersBackend.from_settings(settings)
+    raise ConfigurationError(
+        f"VIDEOBOT_BACKEND={settings.backend!r} is not a backend; use http, simulator or diffusers."
+    )
+
+
+class Adapter(Protocol):
+    """A chat platform plug-in: built with the service (registering its notifier), then started."""
+
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def enabled_adapters(settings: Settings, service: JobService) -> list[Adapter]:
+    """The platforms whose credentials are set. Imported lazily: the core needs no platform SDK."""
+    adapters: list[Adapter] = []
+    if settings.slack_bot_token:
+        from adapters.slack import build_adapter as slack
+
+        adapters.append(slack(settings, service))
+    if settings.discord_token:
+        from adapters.discord import build_adapter as discord
+
+        adapters.append(discord(settings, service))
+    if settings.api_key:
+        from adapters.webhook import build_adapter as webhook
+
+        adapters.append(webhook(settings, service))
+    return adapters
+
+
+class Core:
+    """The running core: one database, one backend, one service, one runner."""
+
+    def __init__(self, settings: Settings, service: JobService, runner: Runner, backend: Backend, embedded: _Embedded):
+        self.settings = settings
+        self.service = service
+        self.runner = runner
+        self.backend = backend
+        self._embedded = embedded
+
+    @classmethod
+    async def create(
+        cls,
+        settings: Settings,
+        *,
+        backend: Backend | None = None,
+        platforms: Sequence[str] | None = None,
+        only_job_ids: set[int] | None = None,
+    ) -> "Core":
+        """Open (and migrate) the database, load the limits, build the backend; starts nothing yet."""
+        embedded = _Embedded()
+        limits = LimitsStore(settings.limits_path)
+        engine = make_engine(settings.database)
+        upgrade(engine)
+        db = Database(JobRepository(engine))
+        settings.media_dir.mkdir(parents=True, exist_ok=True)
+        backend = backend or await build_backend(settings, embedded)
+        service = JobService(
+            db,
+            limits,
+            backend_name=backend.name,
+            backend_label=backend.label,
+            max_segment_s=backend.max_segment_s,
+            media_dir=settings.media_dir.resolve(),
+        )
+        options = RunnerOptions(
+            poll_interval_s=settings.poll_interval_s,
+            progress_interval_s=settings.progress_interval_s,
+            job_timeout_s=settings.job_timeout_s,
+            max_download_bytes=settings.max_download_bytes,
+            media_retention_days=settings.media_retention_days,
+        )
+        runner = Runner(service, backend, options, platforms=platforms, only_job_ids=only_job_ids)
+        return cls(settings, service, runner, backend, embedded)
+
+    async def start(self, *, ops_port: int | None = None, ops_host: str = "0.0.0.0") -> None:
+        """Resume unfinished jobs and start dispatching; serve /healthz and /metrics if a port is given."""
+        await self.runner.start()
+        if ops_port is not None:
+            await self.serve_ops(ops_host, ops_port)
+
+    async def serve_ops(self, host: str, port: int, extra_routes: Sequence[web.RouteDef] = ()) -> int:
+        app = build_ops_app(self.runner.metrics, self.health, self._state_counts)
+        app.add_routes(list(extra_routes))
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        self._embedded.runners.append(runner)
+        sockets = site._server.sockets if site._server else []  # noqa: SLF001 (aiohttp exposes no public accessor)
+        return sockets[0].getsockname()[1] if sockets else port
+
+    async def health(self) -> dict[str, Any]:
+        counts = await self._state_counts()
+        return {
+            "status": "ok",
+            "backend": self.backend.name,
+            "backend_label": self.backend.label,
+            "queued": counts.get("queued", 0),
+            "in_flight": self.runner.active_count,
+            "platforms": sorted(self.service.notifiers),
+        }
+
+    async def _state_counts(self) -> dict[str, int]:
+        return await self.service.db.run(self.service.db.repo.count_by_state)
+
+    async def stop(self) -> None:
+        await self.runner.stop()
+        await self.backend.aclose()
+        await self._embedded.close()
+        self.service.db.close()

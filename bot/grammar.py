@@ -1,0 +1,235 @@
+"""One grammar for every platform: ``prompt words --duration 8 --aspect 9:16 --fps 24 --seed 7``.
+
+Slack sends it as slash-command text, Discord mentions as message content, the CLI as
+arguments; Discord's typed slash options go straight to ``build_request``. Errors name the bad
+option and the allowed values. The prompt is kept exactly as written (Chinese, emoji, quotes):
+only the options are cut out of it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+
+from bot.errors import InvalidRequest
+from bot.models import ImageInput, Quality, Resolution, VideoRequest
+
+DEFAULT_DURATION_S = 5
+DEFAULT_FPS = 16
+ALLOWED_FPS = (16, 24)
+MAX_SEED = 2**31 - 1
+ASPECTS: dict[str, Resolution] = {
+    "16:9": Resolution(1280, 720),
+    "9:16": Resolution(720, 1280),
+    "1:1": Resolution(960, 960),
+}
+VALUE_OPTIONS = ("duration", "aspect", "resolution", "fps", "seed", "negative")
+FLAG_OPTIONS = ("hq",)
+ALIASES = {"d": "duration", "ar": "aspect", "res": "resolution", "neg": "negative"}
+
+HELP_TEXT = """\
+Make a short video from a description, or animate an image.
+
+  /video a red fox running through fresh snow --duration 8 --aspect 9:16
+
+Options (all optional):
+  --duration N       seconds of video (default 5)
+  --aspect A         16:9 (1280x720, default), 9:16 (720x1280) or 1:1 (960x960)
+  --resolution WxH   an exact size instead of --aspect, e.g. 832x480
+  --fps N            16 (default) or 24
+  --seed N           repeat a result exactly
+  --negative "..."   what to keep out of the video
+  --hq               higher quality, slower
+
+Attach an image (or mention the bot on a message with one) to animate it."""
+
+# An option starts a word: "--fps", or "—fps" / "–fps" after phone keyboards "smarten" the dashes.
+_OPTION = re.compile(r"(?<!\S)(?:--|—|–)([A-Za-z][A-Za-z-]*)(?:=(\S*))?")
+_QUOTES = {'"': '"', "'": "'", "“": "”", "‘": "’", "«": "»"}
+
+
+def parse_request(text: str, *, image: ImageInput | None = None) -> VideoRequest:
+    """Parse a whole command text into a request; raise ``InvalidRequest`` naming what is wrong."""
+    prompt, options = split_options(text)
+    return build_request(
+        prompt,
+        duration=options.get("duration"),
+        aspect=options.get("aspect"),
+        resolution=options.get("resolution"),
+        fps=options.get("fps"),
+        seed=options.get("seed"),
+        negative=options.get("negative"),
+        hq="hq" in options,
+        image=image,
+    )
+
+
+def split_options(text: str) -> tuple[str, dict[str, str]]:
+    """Separate the prompt from ``--name value`` options; values may be quoted."""
+    options: dict[str, str] = {}
+    kept: list[str] = []
+    pos = 0
+    for match in _OPTION.finditer(text):
+        if match.start() < pos:
+            continue  # inside a quoted value consumed below
+        kept.append(text[pos : match.start()])
+        name = _canonical(match.group(1))
+        if name in FLAG_OPTIONS:
+            options[name] = ""
+            pos = match.end()
+            continue
+        value, pos = _read_value(text, match)
+        if value is None:
+            raise InvalidRequest(f"--{name} needs a value, e.g. {_example(name)}.")
+        options[name] = value
+    kept.append(text[pos:])
+    prompt = " ".join("".join(kept).split())
+    return prompt, options
+
+
+def build_request(
+    prompt: str,
+    *,
+    duration: int | str | None = None,
+    aspect: str | None = None,
+    resolution: str | None = None,
+    fps: int | str | None = None,
+    seed: int | str | None = None,
+    negative: str | None = None,
+    hq: bool = False,
+    image: ImageInput | None = None,
+) -> VideoRequest:
+    """Check each option and build the request. Limits that vary by workspace (longest
+    duration, allowed sizes, prompt length) are checked later by the service."""
+    prompt = prompt.strip()
+    if not prompt:
+        raise InvalidRequest(
+            "Describe the video you want, e.g. `a red fox running through fresh snow --duration 8`."
+        )
+    return VideoRequest(
+        prompt=prompt,
+        duration_s=_duration(duration),
+        resolution=_resolution(aspect, resolution, image),
+        fps=_fps(fps),
+        seed=_seed(seed),
+        negative_prompt=(negative or "").strip(),
+        quality=Quality.HIGH if hq else Quality.STANDARD,
+        image=image,
+    )
+
+
+def _canonical(raw: str) -> str:
+    name = ALIASES.get(raw.lower(), raw.lower())
+    if name in VALUE_OPTIONS or name in FLAG_OPTIONS:
+        return name
+    known = VALUE_OPTIONS + FLAG_OPTIONS
+    close = [o for o in known if o.startswith(name)] or difflib.get_close_matches(name, known, n=1)
+    hint = f" Did you mean --{close[0]}?" if close else ""
+    listed = ", ".join(f"--{o}" for o in known)
+    raise InvalidRequest(f"Unknown option --{raw}.{hint} Options are {listed}.")
+
+
+def _read_value(text: str, match: re.Match[str]) -> tuple[str | None, int]:
+    if match.group(2) is not None:
+        return (match.group(2) or None), match.end()
+    rest = match.end()
+    while rest < len(text) and text[rest].isspace():
+        rest += 1
+    if rest >= len(text) or _OPTION.match(text, rest):
+        return None, rest
+    opening = text[rest]
+    if opening in _QUOTES:
+        closing = text.find(_QUOTES[opening], rest + 1)
+        if closing == -1:
+            raise InvalidRequest(f"A quote {opening} is never closed.")
+        return text[rest + 1 : closing], closing + 1
+    end = rest
+    while end < len(text) and not text[end].isspace():
+        end += 1
+    return text[rest:end], end
+
+
+def _example(name: str) -> str:
+    return {
+        "duration": "--duration 8",
+        "aspect": "--aspect 9:16",
+        "resolution": "--resolution 1280x720",
+        "fps": "--fps 24",
+        "seed": "--seed 7",
+        "negative": '--negative "blurry, text"',
+    }[name]
+
+
+def _whole_number(name: str, value: int | str) -> int:
+    if isinstance(value, int):
+        return value
+    text = value.strip().lower().removesuffix("s")
+    if not text.isdigit():
+        raise InvalidRequest(f"--{name} must be a whole number (got '{value}'), e.g. {_example(name)}.")
+    return int(text)
+
+
+def _duration(value: int | str | None) -> int:
+    if value is None:
+        return DEFAULT_DURATION_S
+    seconds = _whole_number("duration", value)
+    if seconds < 1:
+        raise InvalidRequest(f"--duration must be at least 1 second (got {seconds}).")
+    return seconds
+
+
+def _fps(value: int | str | None) -> int:
+    if value is None:
+        return DEFAULT_FPS
+    fps = _whole_number("fps", value)
+    if fps not in ALLOWED_FPS:
+        raise InvalidRequest(f"--fps must be 16 or 24 (got {fps}).")
+    return fps
+
+
+def _seed(value: int | str | None) -> int | None:
+    if value is None:
+        return None
+    seed = _whole_number("seed", value)
+    if seed > MAX_SEED:
+        raise InvalidRequest(f"--seed must be between 0 and {MAX_SEED} (got {seed}).")
+    return seed
+
+
+def _resolution(aspect: str | None, resolution: str | None, image: ImageInput | None) -> Resolution:
+    from_aspect: Resolution | None = None
+    if aspect is not None:
+        from_aspect = ASPECTS.get(aspect.strip())
+        if from_aspect is None:
+            raise InvalidRequest(f"--aspect must be 16:9, 9:16 or 1:1 (got '{aspect}').")
+    if resolution is not None:
+        try:
+            size = Resolution.parse(resolution)
+        except ValueError:
+            raise InvalidRequest(
+                f"--resolution must look like 1280x720 (got '{resolution}')."
+            ) from None
+        if from_aspect is not None and _orientation(size) != _orientation(from_aspect):
+            raise InvalidRequest(f"--aspect {aspect} and --resolution {size} disagree; give one of them.")
+        return size
+    if from_aspect is not None:
+        return from_aspect
+    if image is not None:
+        return ASPECTS[_closest_aspect(image.width, image.height)]
+    return ASPECTS["16:9"]
+
+
+def _orientation(size: Resolution) -> str:
+    if size.width == size.height:
+        return "square"
+    return "landscape" if size.width > size.height else "portrait"
+
+
+def _closest_aspect(width: int, height: int) -> str:
+    """Animate an image in the shape it already has: portrait photos stay portrait."""
+    ratio = width / max(height, 1)
+    if ratio < 0.8:
+        return "9:16"
+    if ratio <= 1.25:
+        return "1:1"
+    return "16:9"

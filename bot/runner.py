@@ -1,0 +1,454 @@
+"""The runner: moves queued jobs through the backend to the person, and resumes after a crash.
+
+Each job is driven by one asyncio task through ``queued → submitted → running → fetching →
+delivering → succeeded``; every step is idempotent given the stored state, so a restart
+simply drives each unfinished job again from where its row says it is. A stored task id is
+polled, never resubmitted. Dispatch is fair: among queued jobs it starts the oldest job of the
+user with the fewest jobs in flight, so one person's ten jobs don't starve another's one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from bot.backends.base import Backend
+from bot.database import Database
+from bot.errors import BackendError
+from bot.media import check_clip, concat, last_frame_png, probe
+from bot.metrics import Metrics
+from bot.models import Clip, GenerationSpec, Quality, TaskState, TaskStatus
+from bot.notifier import ProgressUpdate, Stage
+from bot.service import JobService
+from storage.repository import StaleTransition
+from storage.tables import Job, JobState, utcnow
+
+log = logging.getLogger(__name__)
+
+DELIVERY_ATTEMPTS = 4
+
+
+@dataclass(frozen=True)
+class RunnerOptions:
+    poll_interval_s: float = 5.0
+    first_poll_s: float = 0.05
+    progress_interval_s: float = 3.0
+    job_timeout_s: float = 1800.0
+    max_download_bytes: int = 200 * 1024 * 1024
+    delivery_backoff_s: float = 2.0
+    tick_s: float = 2.0
+    media_retention_days: int = 7
+
+
+class _Checkpoint:
+    """The DeliveryCheckpoint handed to notifiers: a pending reference, committed on save."""
+
+    def __init__(self, db: Database, job: Job) -> None:
+        self._db = db
+        self._job_id = job.id or 0
+        self.pending_ref = job.delivery_pending_ref
+
+    async def save(self, ref: str) -> None:
+        await self._db.run(self._db.repo.update, self._job_id, delivery_pending_ref=ref)
+        self.pending_ref = ref
+
+
+class Runner:
+    def __init__(
+        self,
+        service: JobService,
+        backend: Backend,
+        options: RunnerOptions,
+        *,
+        metrics: Metrics | None = None,
+        platforms: Sequence[str] | None = None,
+        only_job_ids: set[int] | None = None,
+    ) -> None:
+        """``platforms`` limits the runner to jobs whose notifiers this process has (None: the
+        registered ones); ``only_job_ids`` lets the CLI drive just the job it made."""
+        self.service = service
+        self.db = service.db
+        self.backend = backend
+        self.options = options
+        self.metrics = metrics or Metrics()
+        self._platforms = platforms
+        self._only = only_job_ids
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._owners: dict[int, str] = {}
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._scheduler = AsyncIOScheduler()
+        self._last_progress: dict[int, float] = {}
+        service.attach_dispatcher(self)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    @property
+    def platforms(self) -> list[str]:
+        return list(self._platforms) if self._platforms is not None else list(self.service.notifiers)
+
+    async def start(self) -> None:
+        """Resume every job a previous process left in flight, then start dispatching."""
+        for job in await self.db.run(self.db.repo.in_flight, self.platforms):
+            if self._wanted(job):
+                log.info("job %s: resuming from %s", job.id, job.state)
+                self._spawn(job)
+        self._scheduler.add_job(self.wake, "interval", seconds=self.options.tick_s, id="dispatch")
+        self._scheduler.add_job(self.clean_media, "interval", hours=1, id="clean-media")
+        self._scheduler.start()
+        self._loop_task = asyncio.create_task(self._dispatch_loop(), name="videobot-dispatch")
+        self.wake()
+
+    async def stop(self) -> None:
+        """Stop dispatching and abandon running tasks; their rows say where to resume."""
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
+        tasks = [t for t in (self._loop_task, *self._tasks.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def cancel(self, job: Job) -> None:
+        """Stop driving a job that was just canceled, and tell the backend."""
+        task = self._tasks.get(job.id or 0)
+        if task is not None:
+            task.cancel()
+        if job.task_id:
+            await self.backend.cancel(job.task_id)
+
+    async def wait_idle(self) -> None:
+        """Return once nothing is queued or running for this runner (tests and the CLI use it)."""
+        while True:
+            heads = await self.db.run(self.db.repo.queued_heads, self.platforms)
+            if not self._tasks and not any(self._wanted(j) for j in heads):
+                return
+            await asyncio.sleep(0.05)
+
+    @property
+    def active_count(self) -> int:
+        return len(self._tasks)
+
+    # -- dispatch ---------------------------------------------------------------------------
+
+    def _wanted(self, job: Job) -> bool:
+        return self._only is None or job.id in self._only
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self._fill()
+            except Exception:
+                log.exception("dispatch failed; retrying on the next tick")
+
+    async def _fill(self) -> None:
+        free = self.backend.max_concurrency - len(self._tasks)
+        if free <= 0:
+            return
+        heads = [j for j in await self.db.run(self.db.repo.queued_heads, self.platforms, self._tasks) if self._wanted(j)]
+        in_flight = Counter(self._owners.values())
+        while free > 0 and heads:
+            # fairness: the user with the fewest jobs in flight goes first; ties by age
+            heads.sort(key=lambda j: (in_flight[f"{j.platform}:{j.user_id}"], j.id))
+            job = heads.pop(0)
+            in_flight[f"{job.platform}:{job.user_id}"] += 1
+            self._spawn(job)
+            free -= 1
+
+    def _spawn(self, job: Job) -> None:
+        job_id = job.id or 0
+        self._owners[job_id] = f"{job.platform}:{job.user_id}"
+        self._tasks[job_id] = asyncio.create_task(self._drive(job), name=f"videobot-job-{job_id}")
+
+    def _finished(self, job_id: int) -> None:
+        self._tasks.pop(job_id, None)
+        self._owners.pop(job_id, None)
+        self._last_progress.pop(job_id, None)
+        self.wake()
+
+    # -- one job ----------------------------------------------------------------------------
+
+    async def _drive(self, job: Job) -> None:
+        job_id = job.id or 0
+        try:
+            while not job.job_state.terminal:
+                started = time.perf_counter()
+                stage = job.state
+                job = await self._step(job)
+                self.metrics.stage_seconds.labels(stage=stage).observe(time.perf_counter() - started)
+            self.metrics.jobs_finished.labels(state=job.state).inc()
+        except StaleTransition:
+            log.info("job %s: changed elsewhere (canceled?); stopping", job_id)
+        except asyncio.CancelledError:
+            log.info("job %s: stopped", job_id)
+        except BackendError as error:
+            self.metrics.backend_errors.labels(backend=self.backend.name, retryable=str(error.retryable)).inc()
+            await self._fail(job_id, str(error))
+        except Exception:
+            log.exception("job %s: unexpected error", job_id)
+            await self._fail(job_id, f"Something went wrong on our side with job #{job_id}. It was not counted.")
+        finally:
+            self._finished(job_id)
+
+    async def _step(self, job: Job) -> Job:
+        state = job.job_state
+        if state is JobState.QUEUED:
+            return await self._submit(job, JobState.QUEUED)
+        if state in (JobState.SUBMITTED, JobState.RUNNING):
+            return await self._await_task(job)
+        if state is JobState.FETCHING:
+            return await self._fetch(job)
+        if state is JobState.DELIVERING:
+            return await self._deliver(job)
+        raise AssertionError(f"no step for {state}")
+
+    async def _submit(self, job: Job, current: JobState) -> Job:
+        """Start the task for ``job.segment_index``; the task id and segment are stored in one write."""
+        spec = await self._spec(job)
+        task_id = await self.backend.submit(spec)
+        log.info("job %s: segment %s/%s submitted as task %s", job.id, job.segment_index + 1, job.segment_count, task_id)
+        job = await self.db.run(
+            self.db.repo.transition,
+            job.id or 0,
+            JobState.SUBMITTED,
+            expect=[current],
+            detail=f"segment {job.segment_index + 1}: task {task_id}",
+            task_id=task_id,
+            segment_index=job.segment_index,
+            video_url=None,
+        )
+        await self._progress(job, Stage.GENERATING, self._overall(job, 0.0), force=True)
+        return job
+
+    async def _await_task(self, job: Job) -> Job:
+        delay = self.options.first_poll_s
+        submitted = job.submitted_at or utcnow()
+        while True:
+            state = await self.backend.poll(job.task_id or "")
+            if state.status is TaskStatus.SUCCEEDED:
+                where = state.video_url or (f"file://{state.video_path}" if state.video_path else None)
+                return await self.db.run(
+                    self.db.repo.transition,
+                    job.id or 0,
+                    JobState.FETCHING,
+                    expect=[JobState.SUBMITTED, JobState.RUNNING],
+                    video_url=where,
+                    progress=self._overall(job, 1.0),
+                )
+            if state.status is TaskStatus.FAILED:
+                raise BackendError(f"The video service could not make this video: {state.error or 'no reason given'}.")
+            if state.status is TaskStatus.RUNNING and job.job_state is JobState.SUBMITTED:
+                job = await self.db.run(
+                    self.db.repo.transition, job.id or 0, JobState.RUNNING, expect=[JobState.SUBMITTED]
+                )
+            await self._progress(job, Stage.GENERATING, self._overall(job, state.progress))
+            if (utcnow() - submitted).total_seconds() > self.options.job_timeout_s:
+                await self.backend.cancel(job.task_id or "")
+                raise BackendError(
+                    f"The video service took longer than {int(self.options.job_timeout_s)} s; the job was stopped."
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.options.poll_interval_s)
+
+    async def _fetch(self, job: Job) -> Job:
+        segment = self._segment_path(job, job.segment_index)
+        if not await asyncio.to_thread(self._valid_segment, segment, job):
+            await self._progress(job, Stage.FETCHING, self._overall(job, 1.0), force=True)
+            await self.backend.fetch(self._finished_state(job), segment, self.options.max_download_bytes)
+            info = await asyncio.to_thread(probe, segment)
+            await asyncio.to_thread(
+                check_clip,
+                info,
+                duration_s=self._segment_durations(job)[job.segment_index],
+                width=job.width,
+                height=job.height,
+                fps=job.fps,
+            )
+        if job.segment_index + 1 < job.segment_count:
+            following = job.model_copy(update={"segment_index": job.segment_index + 1})
+            return await self._submit(following, JobState.FETCHING)
+        output = await asyncio.to_thread(self._assemble, job)
+        return await self.db.run(
+            self.db.repo.transition,
+            job.id or 0,
+            JobState.DELIVERING,
+            expect=[JobState.FETCHING],
+            output_path=str(output),
+            progress=1.0,
+        )
+
+    async def _deliver(self, job: Job) -> Job:
+        notifier = self.service.notifiers.get(job.platform)
+        if notifier is None:
+            raise RuntimeError(f"no notifier for platform {job.platform}")
+        output = Path(job.output_path or "")
+        info = await asyncio.to_thread(probe, output)
+        clip = Clip(path=output, info=info, caption=self.caption(job))
+        await self._progress(job, Stage.UPLOADING, 100, force=True)
+        for attempt in range(1, DELIVERY_ATTEMPTS + 1):
+            checkpoint = _Checkpoint(self.db, await self.service.status(job.id or 0))
+            try:
+                ref = await notifier.deliver(job, clip, checkpoint)
+                break
+            except (BackendError, asyncio.CancelledError):
+                raise
+            except Exception as error:
+                if attempt == DELIVERY_ATTEMPTS:
+                    raise BackendError(f"The video was made but could not be posted: {error}") from error
+                log.warning("job %s: delivery attempt %s failed: %s", job.id, attempt, error)
+                await asyncio.sleep(self.options.delivery_backoff_s * 2 ** (attempt - 1))
+        return await self.db.run(
+            self.db.repo.transition, job.id or 0, JobState.SUCCEEDED, expect=[JobState.DELIVERING], delivered_ref=ref
+        )
+
+    async def _fail(self, job_id: int, message: str) -> None:
+        """Mark the job failed (not counted against quotas) and tell the person why."""
+        try:
+            job = await self.db.run(
+                self.db.repo.transition,
+                job_id,
+                JobState.FAILED,
+                expect=[JobState.QUEUED, JobState.SUBMITTED, JobState.RUNNING, JobState.FETCHING, JobState.DELIVERING],
+                detail=message,
+                error=message,
+                counts_toward_quota=False,
+            )
+        except StaleTransition:
+            return
+        log.info("job %s: failed: %s", job_id, message)
+        self.metrics.jobs_finished.labels(state=JobState.FAILED.value).inc()
+        notifier = self.service.notifiers.get(job.platform)
+        if notifier is not None:
+            try:
+                await notifier.fail(job, message)
+            except Exception:
+                log.warning("job %s: could not report the failure", job_id, exc_info=True)
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def caption(self, job: Job) -> str:
+        words = f"“{job.prompt}”" if len(job.prompt) <= 300 else f"“{job.prompt[:297]}…”"
+        return (
+            f"{words} · {job.duration_s} s · {job.width}x{job.height} · {job.fps} fps · "
+            f"seed {job.seed} · {self.service.backend_label}"
+        )
+
+    async def _progress(self, job: Job, stage: Stage, percent: float, *, force: bool = False) -> None:
+        job_id = job.id or 0
+        now = time.monotonic()
+        if not force and now - self._last_progress.get(job_id, 0.0) < self.options.progress_interval_s:
+            return
+        self._last_progress[job_id] = now
+        notifier = self.service.notifiers.get(job.platform)
+        if notifier is None:
+            return
+        update = ProgressUpdate(
+            stage, percent=int(percent * 100) if percent <= 1 else int(percent),
+            segment=job.segment_index + 1, segments=job.segment_count,
+        )
+        try:
+            await notifier.progress(job, update)
+        except Exception:
+            log.warning("job %s: progress update failed", job_id, exc_info=True)
+
+    def _overall(self, job: Job, fraction: float) -> float:
+        return (job.segment_index + max(0.0, min(fraction, 1.0))) / job.segment_count
+
+    def _segment_durations(self, job: Job) -> list[int]:
+        count = job.segment_count
+        base, extra = divmod(job.duration_s, count)
+        return [base + (1 if i < extra else 0) for i in range(count)]
+
+    def _job_dir(self, job: Job) -> Path:
+        return self.service.media_dir / "jobs" / str(job.id)
+
+    def _segment_path(self, job: Job, index: int) -> Path:
+        return self._job_dir(job) / f"segment-{index}.mp4"
+
+    def _finished_state(self, job: Job) -> TaskState:
+        where = job.video_url or ""
+        if where.startswith("file://"):
+            return TaskState(TaskStatus.SUCCEEDED, 1.0, video_path=Path(where.removeprefix("file://")))
+        return TaskState(TaskStatus.SUCCEEDED, 1.0, video_url=where)
+
+    def _valid_segment(self, path: Path, job: Job) -> bool:
+        """A segment fetched before a crash need not be fetched again."""
+        if not path.exists():
+            return False
+        try:
+            check_clip(
+                probe(path),
+                duration_s=self._segment_durations(job)[job.segment_index],
+                width=job.width,
+                height=job.height,
+                fps=job.fps,
+            )
+        except BackendError:
+            return False
+        return True
+
+    async def _spec(self, job: Job) -> GenerationSpec:
+        image: bytes | None = None
+        mime: str | None = None
+        if job.segment_index > 0:
+            previous = self._segment_path(job, job.segment_index - 1)
+            image, mime = await asyncio.to_thread(last_frame_png, previous), "image/png"
+        elif job.image_path:
+            image, mime = await asyncio.to_thread(Path(job.image_path).read_bytes), job.image_mime
+        return GenerationSpec(
+            prompt=job.prompt,
+            width=job.width,
+            height=job.height,
+            duration_s=self._segment_durations(job)[job.segment_index],
+            fps=job.fps,
+            seed=(job.seed + job.segment_index) % 2**31,
+            negative_prompt=job.negative_prompt,
+            quality=Quality(job.quality),
+            image=image,
+            image_mime=mime,
+        )
+
+    def _assemble(self, job: Job) -> Path:
+        """The clip to deliver: one segment as it is, several (or an extension) joined."""
+        parts = [self._segment_path(job, i) for i in range(job.segment_count)]
+        if job.kind == "extend" and job.parent_id is not None:
+            parent = self.db.repo.get(job.parent_id)
+            if parent is not None and parent.output_path and Path(parent.output_path).exists():
+                parts.insert(0, Path(parent.output_path))
+        if len(parts) == 1:
+            return parts[0]
+        return concat(parts, self._job_dir(job) / "clip.mp4")
+
+    async def clean_media(self) -> None:
+        """Remove media of jobs finished longer ago than the retention; rows stay for reports."""
+        cutoff = utcnow() - timedelta(days=self.options.media_retention_days)
+        jobs = await self.db.run(self.db.repo.finished_with_media, cutoff)
+        for job in jobs:
+            await asyncio.to_thread(shutil.rmtree, self._job_dir(job), True)
+            await self.db.run(self.db.repo.update, job.id or 0, output_path=None)
+        images = await asyncio.to_thread(_remove_older_than, self.service.media_dir / "images", cutoff.timestamp())
+        if jobs or images:
+            log.info("removed media of %s finished jobs and %s images", len(jobs), images)
+
+
+def _remove_older_than(folder: Path, cutoff: float) -> int:
+    removed = 0
+    for path in folder.glob("*") if folder.exists() else ():
+        if path.stat().st_mtime < cutoff:
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed

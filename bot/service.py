@@ -1,0 +1,422 @@
+"""JobService: the one entrance every platform uses to make, inspect and change jobs.
+
+``submit`` validates the request against the limits in force where it was made, checks quotas
+and inserts the job in one transaction (so 50 simultaneous submits under a limit of 5 admit
+exactly 5), acknowledges through the platform's notifier and wakes the dispatcher. What runs
+the jobs (``Dispatcher``) stays behind this interface, so it can move to another engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Protocol
+
+from sqlmodel import Session
+
+from bot.database import Database
+from bot.errors import InvalidRequest, JobNotFound, LimitExceeded, NotAllowed
+from bot.limits import EffectiveLimits, LimitsConfig, LimitsStore, describe_reset, next_reset, window_start
+from bot.models import ImageInput, Origin, Quality, Resolution, VideoRequest
+from bot.notifier import Notifier, ProgressUpdate, Stage
+from storage.repository import JobRepository, StaleTransition, UsageCounts
+from storage.tables import ACTIVE_STATES, Job, JobState, utcnow
+
+log = logging.getLogger(__name__)
+
+MAX_SEED = 2**31 - 1
+EXTENSION_MAX_S = 10
+
+
+class Dispatcher(Protocol):
+    """What runs jobs: told when one is queued or canceled, and asked for the clip of a job."""
+
+    def wake(self) -> None: ...
+
+    async def cancel(self, job: Job) -> None: ...
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+class JobService:
+    def __init__(
+        self,
+        db: Database,
+        limits: LimitsStore,
+        *,
+        backend_name: str,
+        backend_label: str,
+        max_segment_s: int,
+        media_dir: Path,
+    ) -> None:
+        self.db = db
+        self.limits = limits
+        self.backend_name = backend_name
+        self.backend_label = backend_label
+        self.max_segment_s = max_segment_s
+        self.media_dir = media_dir
+        self.notifiers: dict[str, Notifier] = {}
+        self.dispatcher: Dispatcher | None = None
+
+    # -- wiring -----------------------------------------------------------------------------
+
+    def register_notifier(self, notifier: Notifier) -> None:
+        self.notifiers[notifier.platform] = notifier
+
+    def attach_dispatcher(self, dispatcher: Dispatcher) -> None:
+        self.dispatcher = dispatcher
+
+    def limits_for(self, origin: Origin) -> EffectiveLimits:
+        return self.limits.current().resolve(origin)
+
+    def is_admin(self, origin: Origin) -> bool:
+        return self.limits.current().is_admin(origin)
+
+    # -- making jobs ------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        request: VideoRequest,
+        origin: Origin,
+        *,
+        dedup_key: str | None = None,
+        kind: str = "generate",
+        parent_id: int | None = None,
+    ) -> Job:
+        """Validate, admit under the limits, store, acknowledge and queue one job.
+
+        Raises ``InvalidRequest``, ``LimitExceeded`` or ``NotAllowed`` with a message for the
+        person; a repeated ``dedup_key`` (a platform retrying the same event) returns the job
+        that key already made instead of making a second one.
+        """
+        config = self.limits.current()
+        admin = config.is_admin(origin)
+        limits = config.resolve(origin)
+        self._validate(request, origin, limits, admin=admin)
+        job = self._new_job(request, origin, config, dedup_key=dedup_key, kind=kind, parent_id=parent_id)
+        if request.image is not None:
+            job.image_path, job.image_mime = await asyncio.to_thread(self._store_image, request.image)
+
+        def admit(session: Session) -> None:
+            if not admin:
+                self._admit(session, origin, limits, config, job.cost_usd)
+
+        job, created = await self.db.run(self.db.repo.create, job, admit)
+        if not created:
+            return job
+        job = await self._acknowledge(job)
+        if self.dispatcher is not None:
+            self.dispatcher.wake()
+        return job
+
+    async def retry(self, job_id: int, by: Origin) -> Job:
+        """Run a failed or canceled job again, as it was asked."""
+        parent = await self._owned(job_id, by)
+        if parent.job_state not in (JobState.FAILED, JobState.CANCELED):
+            raise InvalidRequest(f"Job #{job_id} is {parent.state}; only failed or canceled jobs can be retried.")
+        return await self.submit(await self._request_of(parent), by, kind="retry", parent_id=parent.id)
+
+    async def reroll(self, job_id: int, by: Origin) -> Job:
+        """The same request with a new seed: another take."""
+        parent = await self._owned(job_id, by, owner_only=False)
+        request = await self._request_of(parent)
+        return await self.submit(
+            VideoRequest(**{**request.__dict__, "seed": random.randint(0, MAX_SEED)}),
+            by,
+            kind="reroll",
+            parent_id=parent.id,
+        )
+
+    async def extend(self, job_id: int, by: Origin, seconds: int = 5) -> Job:
+        """Continue a finished clip from its last frame; the result is the whole, longer clip."""
+        from bot.media import last_frame_png
+
+        parent = await self._owned(job_id, by, owner_only=False)
+        if parent.job_state is not JobState.SUCCEEDED or not parent.output_path or not Path(parent.output_path).exists():
+            raise InvalidRequest(f"Job #{job_id} has no finished clip to extend.")
+        if not 1 <= seconds <= EXTENSION_MAX_S:
+            raise InvalidRequest(f"An extension is 1 to {EXTENSION_MAX_S} seconds (got {seconds}).")
+        frame = await asyncio.to_thread(last_frame_png, Path(parent.output_path))
+        image = ImageInput(data=frame, mime="image/png", width=parent.width, height=parent.height)
+        request = VideoRequest(
+            prompt=parent.prompt,
+            duration_s=seconds,
+            resolution=Resolution(parent.width, parent.height),
+            fps=parent.fps,
+            seed=parent.seed,
+            negative_prompt=parent.negative_prompt,
+            quality=Quality(parent.quality),
+            image=image,
+        )
+        return await self.submit(request, by, kind="extend", parent_id=parent.id)
+
+    # -- changing and reading jobs ----------------------------------------------------------
+
+    async def cancel(self, job_id: int, by: Origin) -> Job:
+        """Stop a job. Only its owner or an admin may; a job canceled before it started is not counted."""
+        job = await self._owned(job_id, by)
+        if job.job_state.terminal:
+            raise InvalidRequest(f"Job #{job_id} already {job.state}.")
+        try:
+            canceled = await self.db.run(
+                self.db.repo.transition,
+                job_id,
+                JobState.CANCELED,
+                expect=ACTIVE_STATES,
+                detail=f"canceled by {by.user_id}",
+                counts_toward_quota=job.job_state is not JobState.QUEUED,
+                error=f"Canceled by {by.user_name or by.user_id}",
+            )
+        except StaleTransition:
+            job = await self.status(job_id)
+            raise InvalidRequest(f"Job #{job_id} already {job.state}.") from None
+        if self.dispatcher is not None:
+            await self.dispatcher.cancel(canceled)
+        notifier = self.notifiers.get(canceled.platform)
+        if notifier is not None:
+            try:
+                await notifier.progress(canceled, ProgressUpdate(Stage.CANCELED))
+            except Exception:  # the cancel stands even if the platform is unreachable
+                log.warning("job %s: could not show the cancel", job_id, exc_info=True)
+        return canceled
+
+    async def status(self, job_id: int) -> Job:
+        job = await self.db.run(self.db.repo.get, job_id)
+        if job is None:
+            raise JobNotFound(f"There is no job #{job_id}.")
+        return job
+
+    async def active_jobs(self, origin: Origin) -> list[Job]:
+        """The person's unfinished jobs; an admin sees the whole workspace's."""
+        if self.is_admin(origin):
+            return await self.db.run(self.db.repo.active_in_workspace, origin.platform, origin.workspace_id)
+        return await self.db.run(self.db.repo.active_for_user, origin.platform, origin.user_id)
+
+    async def queue_position(self, job: Job) -> int:
+        return await self.db.run(self.db.repo.queue_position, job)
+
+    async def usage_text(self, origin: Origin) -> str:
+        """A usage report: the person's own, or everyone's in the workspace for an admin."""
+        config = self.limits.current()
+        limits = config.resolve(origin)
+        now = utcnow()
+        day, month = self._windows(now, config)
+        admin = config.is_admin(origin)
+        rows = await self.db.run(
+            self.db.repo.usage_by_user,
+            platform=origin.platform,
+            workspace_id=origin.workspace_id,
+            day_start=day,
+            month_start=month,
+        )
+        if not admin:
+            rows = [r for r in rows if r.user_id == origin.user_id]
+        mine = next((r for r in rows if r.user_id == origin.user_id), None)
+        lines = [
+            f"Your usage: {mine.jobs_today if mine else 0} videos today"
+            + (f" of {limits.user_daily_jobs}" if limits.user_daily_jobs else "")
+            + f", {mine.jobs_month if mine else 0} this month, ${mine.spend_month if mine else 0:.2f} spent"
+            + (f" of ${limits.user_monthly_budget_usd:.2f}" if limits.user_monthly_budget_usd else "")
+            + ".",
+            f"Daily quota resets {describe_reset(next_reset(now, 'day', config.timezone), now, config.timezone)}.",
+        ]
+        if admin:
+            total = sum(r.spend_month for r in rows)
+            lines.append(f"Workspace this month: {sum(r.jobs_month for r in rows)} videos, ${total:.2f}.")
+            for r in rows[:25]:
+                lines.append(
+                    f"  {r.user_name or r.user_id}: {r.jobs_today} today, {r.jobs_month} this month, ${r.spend_month:.2f}"
+                )
+        return "\n".join(lines)
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _validate(self, request: VideoRequest, origin: Origin, limits: EffectiveLimits, *, admin: bool) -> None:
+        if limits.allowed_channels and origin.channel_id not in limits.allowed_channels and not admin:
+            raise NotAllowed("Videos can't be made in this channel. Ask an admin which channels allow it.")
+        if len(request.prompt) > limits.max_prompt_chars:
+            raise InvalidRequest(
+                f"Your prompt is {len(request.prompt):,} characters; the limit is {limits.max_prompt_chars:,}."
+            )
+        lowered = request.prompt.lower()
+        for term in limits.blocked_terms:
+            if term.lower() in lowered:
+                raise InvalidRequest(f"Your prompt contains a blocked term (“{term}”).")
+        if request.duration_s > limits.max_duration_s:
+            raise InvalidRequest(
+                f"--duration {request.duration_s} is longer than the {limits.max_duration_s} s allowed here."
+            )
+        if str(request.resolution) not in limits.resolutions:
+            raise InvalidRequest(
+                f"--resolution {request.resolution} is not allowed here; choose one of {', '.join(limits.resolutions)}."
+            )
+        if request.fps not in limits.fps:
+            raise InvalidRequest(f"--fps {request.fps} is not allowed here; choose {' or '.join(map(str, limits.fps))}.")
+
+    def _new_job(
+        self,
+        request: VideoRequest,
+        origin: Origin,
+        config: LimitsConfig,
+        *,
+        dedup_key: str | None,
+        kind: str,
+        parent_id: int | None,
+    ) -> Job:
+        return Job(
+            kind=kind,
+            parent_id=parent_id,
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            mode=request.mode.value,
+            duration_s=request.duration_s,
+            width=request.resolution.width,
+            height=request.resolution.height,
+            fps=request.fps,
+            seed=request.seed if request.seed is not None else random.randint(0, MAX_SEED),
+            quality=request.quality.value,
+            platform=origin.platform,
+            workspace_id=origin.workspace_id,
+            channel_id=origin.channel_id,
+            thread_id=origin.thread_id,
+            user_id=origin.user_id,
+            user_name=origin.user_name,
+            is_admin=origin.is_admin,
+            origin_extra=dict(origin.extra),
+            dedup_key=dedup_key,
+            backend=self.backend_name,
+            segment_count=-(-request.duration_s // self.max_segment_s),
+            cost_usd=round(request.duration_s * config.price_per_second(self.backend_name), 4),
+        )
+
+    def _store_image(self, image: ImageInput) -> tuple[str, str]:
+        digest = hashlib.sha256(image.data).hexdigest()[:32]
+        suffix = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp"}.get(image.mime, ".img")
+        path = self.media_dir / "images" / f"{digest}{suffix}"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".part")
+            tmp.write_bytes(image.data)
+            tmp.replace(path)
+        return str(path.resolve()), image.mime
+
+    def _windows(self, now: datetime, config: LimitsConfig) -> tuple[datetime, datetime]:
+        return (
+            _aware(window_start(now, "day", config.timezone)),
+            _aware(window_start(now, "month", config.timezone)),
+        )
+
+    def _admit(
+        self, session: Session, origin: Origin, limits: EffectiveLimits, config: LimitsConfig, cost: float
+    ) -> None:
+        """The quota check, run inside the inserting transaction (the write lock is held)."""
+        now = utcnow()
+        day, month = self._windows(now, config)
+        counts: UsageCounts = JobRepository.usage_counts(
+            session,
+            platform=origin.platform,
+            workspace_id=origin.workspace_id,
+            user_id=origin.user_id,
+            day_start=day,
+            month_start=month,
+        )
+        tz = config.timezone
+        daily_reset = next_reset(now, "day", tz)
+        monthly_reset = next_reset(now, "month", tz)
+        if config.queue_cap and counts.queue_depth >= config.queue_cap:
+            raise LimitExceeded(
+                f"The bot is busy: {counts.queue_depth} videos are queued or running. Try again in a few minutes."
+            )
+        if limits.user_concurrent_jobs and counts.user_active >= limits.user_concurrent_jobs:
+            raise LimitExceeded(
+                f"You already have {counts.user_active} videos in progress (limit {limits.user_concurrent_jobs}). "
+                "Wait for one to finish, or cancel one."
+            )
+        if limits.user_daily_jobs and counts.user_jobs_today >= limits.user_daily_jobs:
+            raise LimitExceeded(
+                f"You've used {counts.user_jobs_today} of your {limits.user_daily_jobs} videos for today. "
+                f"Your quota resets {describe_reset(daily_reset, now, tz)}.",
+                resets_at=daily_reset,
+            )
+        if limits.workspace_daily_jobs and counts.workspace_jobs_today >= limits.workspace_daily_jobs:
+            raise LimitExceeded(
+                f"This workspace has used its {limits.workspace_daily_jobs} videos for today "
+                f"(you made {counts.user_jobs_today}). It resets {describe_reset(daily_reset, now, tz)}.",
+                resets_at=daily_reset,
+            )
+        if limits.cooldown_s and counts.last_submit_at is not None:
+            ready = _aware(counts.last_submit_at).timestamp() + limits.cooldown_s
+            wait = ready - now.timestamp()
+            if wait > 0:
+                raise LimitExceeded(
+                    f"Please wait {int(wait) + 1} s before your next video (cooldown {limits.cooldown_s} s).",
+                    resets_at=datetime.fromtimestamp(ready, tz=timezone.utc),
+                )
+        budgets = (
+            ("your", counts.user_spend_month, limits.user_monthly_budget_usd),
+            ("this workspace's", counts.workspace_spend_month, limits.workspace_monthly_budget_usd),
+        )
+        for whose, spent, budget in budgets:
+            if budget and spent + cost > budget + 1e-9:
+                raise LimitExceeded(
+                    f"This video (${cost:.2f}) would go over {whose} monthly budget: "
+                    f"${spent:.2f} of ${budget:.2f} used. It resets {describe_reset(monthly_reset, now, tz)}.",
+                    resets_at=monthly_reset,
+                )
+
+    async def _acknowledge(self, job: Job) -> Job:
+        notifier = self.notifiers.get(job.platform)
+        if notifier is None:
+            return job
+        position = await self.queue_position(job)
+        try:
+            status = await notifier.acknowledge(job, position)
+        except NotAllowed as refusal:
+            await self.db.run(
+                self.db.repo.transition,
+                job.id or 0,
+                JobState.FAILED,
+                expect=[JobState.QUEUED],
+                detail="the platform refused the status message",
+                counts_toward_quota=False,
+                error=str(refusal),
+            )
+            raise
+        except Exception:  # the job still runs; delivery posts where it can
+            log.warning("job %s: acknowledgement failed", job.id, exc_info=True)
+            return job
+        if status is None:
+            return job
+        return await self.db.run(
+            self.db.repo.update, job.id or 0, status_ref=status.ref, thread_id=status.thread_id or job.thread_id
+        )
+
+    async def _owned(self, job_id: int, by: Origin, *, owner_only: bool = True) -> Job:
+        job = await self.status(job_id)
+        same_place = job.platform == by.platform and job.workspace_id == by.workspace_id
+        mine = same_place and job.user_id == by.user_id
+        if not same_place or (owner_only and not mine and not self.is_admin(by)):
+            raise NotAllowed(f"Job #{job_id} belongs to someone else; only they or an admin can change it.")
+        return job
+
+    async def _request_of(self, job: Job) -> VideoRequest:
+        image = None
+        if job.image_path:
+            data = await asyncio.to_thread(Path(job.image_path).read_bytes)
+            image = ImageInput(data=data, mime=job.image_mime or "image/png", width=job.width, height=job.height)
+        return VideoRequest(
+            prompt=job.prompt,
+            duration_s=job.duration_s,
+            resolution=Resolution(job.width, job.height),
+            fps=job.fps,
+            seed=job.seed,
+            negative_prompt=job.negative_prompt,
+            quality=Quality(job.quality),
+            image=image,
+        )

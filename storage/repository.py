@@ -1,0 +1,285 @@
+"""The job repository: every state transition is one committed write with its event.
+
+Methods are synchronous; the core calls them from one dedicated thread (``bot.database``), so
+the event loop never waits on SQLite. A transition names the states it may leave
+(``expect``): when another actor got there first (a cancel racing a completion) it raises
+``StaleTransition`` instead of overwriting, which is what keeps a job from being delivered
+after it was canceled, or twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine, func, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from storage.tables import ACTIVE_STATES, IN_FLIGHT_STATES, Job, JobEvent, JobState, utcnow
+
+T = TypeVar("T")
+
+_STATE_TIMESTAMP = {
+    JobState.SUBMITTED: "submitted_at",
+    JobState.RUNNING: "running_at",
+    JobState.FETCHING: "fetching_at",
+    JobState.DELIVERING: "delivering_at",
+    JobState.SUCCEEDED: "finished_at",
+    JobState.FAILED: "finished_at",
+    JobState.CANCELED: "finished_at",
+}
+
+
+class StaleTransition(Exception):
+    """The job was no longer in an expected state; someone else moved it first."""
+
+
+@dataclass(frozen=True)
+class UsageCounts:
+    """What the limits need to know about one user and workspace, read inside the admitting transaction."""
+
+    user_jobs_today: int
+    user_active: int
+    workspace_jobs_today: int
+    queue_depth: int
+    last_submit_at: datetime | None
+    user_spend_month: float
+    workspace_spend_month: float
+
+
+@dataclass(frozen=True)
+class UserUsage:
+    platform: str
+    user_id: str
+    user_name: str
+    jobs_today: int
+    jobs_month: int
+    spend_month: float
+
+
+class JobRepository:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def _session(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
+
+    # -- creating ---------------------------------------------------------------------------
+
+    def create(self, job: Job, admit: Callable[[Session], None] | None = None) -> tuple[Job, bool]:
+        """Insert ``job`` after ``admit`` (the quota check) passes, in one transaction.
+
+        Returns ``(job, created)``; a job whose ``dedup_key`` is already stored returns the
+        stored one with ``created=False`` (a platform's retry of the same event).
+        """
+        if job.dedup_key:
+            existing = self.by_dedup_key(job.dedup_key)
+            if existing is not None:
+                return existing, False
+        try:
+            with self._session() as session, session.begin():
+                if admit is not None:
+                    admit(session)
+                session.add(job)
+                session.flush()
+                session.add(JobEvent(job_id=job.id or 0, to_state=job.state, detail=f"{job.kind} by {job.user_id}"))
+        except IntegrityError:
+            existing = self.by_dedup_key(job.dedup_key or "")
+            if existing is None:
+                raise
+            return existing, False
+        return job, True
+
+    # -- transitions ------------------------------------------------------------------------
+
+    def transition(
+        self,
+        job_id: int,
+        to: JobState,
+        *,
+        expect: Iterable[JobState],
+        detail: str = "",
+        **fields: Any,
+    ) -> Job:
+        """Move a job to ``to`` if it is in one of ``expect``, setting ``fields``; one commit."""
+        now = utcnow()
+        values: dict[str, Any] = {"state": to.value, "updated_at": now, **fields}
+        stamp = _STATE_TIMESTAMP.get(to)
+        if stamp and stamp not in fields:
+            values[stamp] = now
+        allowed = [s.value for s in expect]
+        with self._session() as session, session.begin():
+            current = session.get(Job, job_id)
+            if current is None or current.state not in allowed:
+                found = current.state if current else "missing"
+                raise StaleTransition(f"job {job_id} is {found}, not {'/'.join(allowed)}")
+            from_state = current.state
+            session.execute(update(Job).where(col(Job.id) == job_id).values(**values))
+            session.add(JobEvent(job_id=job_id, from_state=from_state, to_state=to.value, detail=detail[:500]))
+            session.flush()
+            session.refresh(current)
+            return current
+
+    def update(self, job_id: int, **fields: Any) -> Job:
+        """Set fields that are not a state change (progress, message references)."""
+        with self._session() as session, session.begin():
+            session.execute(update(Job).where(col(Job.id) == job_id).values(updated_at=utcnow(), **fields))
+            job = session.get(Job, job_id)
+            if job is None:
+                raise StaleTransition(f"job {job_id} is missing")
+            session.refresh(job)
+            return job
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def get(self, job_id: int) -> Job | None:
+        with self._session() as session:
+            return session.get(Job, job_id)
+
+    def by_dedup_key(self, key: str) -> Job | None:
+        with self._session() as session:
+            return session.exec(select(Job).where(Job.dedup_key == key)).first()
+
+    def events(self, job_id: int) -> list[JobEvent]:
+        with self._session() as session:
+            return list(session.exec(select(JobEvent).where(JobEvent.job_id == job_id).order_by(col(JobEvent.id))))
+
+    def recent(self, limit: int = 20, *, states: Sequence[JobState] | None = None) -> list[Job]:
+        with self._session() as session:
+            query = select(Job).order_by(col(Job.id).desc()).limit(limit)
+            if states:
+                query = query.where(col(Job.state).in_([s.value for s in states]))
+            return list(session.exec(query))
+
+    def active_for_user(self, platform: str, user_id: str) -> list[Job]:
+        with self._session() as session:
+            query = (
+                select(Job)
+                .where(Job.platform == platform, Job.user_id == user_id)
+                .where(col(Job.state).in_([s.value for s in ACTIVE_STATES]))
+                .order_by(col(Job.id))
+            )
+            return list(session.exec(query))
+
+    def active_in_workspace(self, platform: str, workspace_id: str) -> list[Job]:
+        with self._session() as session:
+            query = (
+                select(Job)
+                .where(Job.platform == platform, Job.workspace_id == workspace_id)
+                .where(col(Job.state).in_([s.value for s in ACTIVE_STATES]))
+                .order_by(col(Job.id))
+            )
+            return list(session.exec(query))
+
+    def queued_heads(self, platforms: Sequence[str] | None, exclude: Iterable[int] = ()) -> list[Job]:
+        """The oldest queued job of each user: the candidates a fair dispatcher chooses among."""
+        with self._session() as session:
+            heads = (
+                select(Job.platform, Job.user_id, func.min(Job.id).label("head"))
+                .where(Job.state == JobState.QUEUED.value)
+                .where(col(Job.id).not_in(list(exclude)))
+                .group_by(col(Job.platform), col(Job.user_id))
+            )
+            if platforms is not None:
+                heads = heads.where(col(Job.platform).in_(list(platforms)))
+            ids = [row.head for row in session.execute(heads)]
+            if not ids:
+                return []
+            return list(session.exec(select(Job).where(col(Job.id).in_(ids)).order_by(col(Job.id))))
+
+    def in_flight(self, platforms: Sequence[str] | None) -> list[Job]:
+        """Jobs past ``queued`` and not finished: what recovery resumes after a restart."""
+        with self._session() as session:
+            query = select(Job).where(col(Job.state).in_([s.value for s in IN_FLIGHT_STATES]))
+            if platforms is not None:
+                query = query.where(col(Job.platform).in_(list(platforms)))
+            return list(session.exec(query.order_by(col(Job.id))))
+
+    def queue_position(self, job: Job) -> int:
+        """How many queued jobs were accepted before this one."""
+        with self._session() as session:
+            query = select(func.count()).where(Job.state == JobState.QUEUED.value, col(Job.id) < (job.id or 0))
+            return int(session.exec(query).one())
+
+    def count_by_state(self) -> dict[str, int]:
+        with self._session() as session:
+            rows = session.execute(select(Job.state, func.count()).group_by(col(Job.state)))
+            return {state: int(n) for state, n in rows}
+
+    def finished_with_media(self, before: datetime) -> list[Job]:
+        with self._session() as session:
+            query = (
+                select(Job)
+                .where(col(Job.finished_at) < before)
+                .where(col(Job.output_path).is_not(None))
+            )
+            return list(session.exec(query))
+
+    # -- usage ------------------------------------------------------------------------------
+
+    @staticmethod
+    def usage_counts(
+        session: Session, *, platform: str, workspace_id: str, user_id: str, day_start: datetime, month_start: datetime
+    ) -> UsageCounts:
+        """Counts for the quota check; call it with the admitting transaction's session."""
+        counted = (col(Job.counts_toward_quota).is_(True),)
+        user = (Job.platform == platform, Job.user_id == user_id)
+        workspace = (Job.platform == platform, Job.workspace_id == workspace_id)
+        active = col(Job.state).in_([s.value for s in ACTIVE_STATES])
+
+        def scalar(query: Any) -> Any:
+            return session.exec(query).one()
+
+        return UsageCounts(
+            user_jobs_today=int(scalar(select(func.count()).where(*user, *counted, col(Job.created_at) >= day_start))),
+            user_active=int(scalar(select(func.count()).where(*user, active))),
+            workspace_jobs_today=int(
+                scalar(select(func.count()).where(*workspace, *counted, col(Job.created_at) >= day_start))
+            ),
+            queue_depth=int(scalar(select(func.count()).where(active))),
+            last_submit_at=scalar(select(func.max(Job.created_at)).where(*user, *counted)),
+            user_spend_month=float(
+                scalar(select(func.coalesce(func.sum(Job.cost_usd), 0.0)).where(*user, *counted, col(Job.created_at) >= month_start))
+            ),
+            workspace_spend_month=float(
+                scalar(
+                    select(func.coalesce(func.sum(Job.cost_usd), 0.0)).where(
+                        *workspace, *counted, col(Job.created_at) >= month_start
+                    )
+                )
+            ),
+        )
+
+    def usage_by_user(
+        self, *, platform: str | None, workspace_id: str | None, day_start: datetime, month_start: datetime
+    ) -> list[UserUsage]:
+        """Per-user jobs and spend this month (and today), for usage reports."""
+        with self._session() as session:
+            query = select(
+                Job.platform,
+                Job.user_id,
+                func.max(Job.user_name),
+                func.count(),
+                func.coalesce(func.sum(Job.cost_usd), 0.0),
+            ).where(col(Job.counts_toward_quota).is_(True), col(Job.created_at) >= month_start)
+            if platform is not None:
+                query = query.where(Job.platform == platform)
+            if workspace_id is not None:
+                query = query.where(Job.workspace_id == workspace_id)
+            month_rows = session.execute(query.group_by(col(Job.platform), col(Job.user_id))).all()
+            today_query = (
+                select(Job.platform, Job.user_id, func.count())
+                .where(col(Job.counts_toward_quota).is_(True), col(Job.created_at) >= day_start)
+                .group_by(col(Job.platform), col(Job.user_id))
+            )
+            today_counts = {(p, u): int(n) for p, u, n in session.execute(today_query)}
+        return sorted(
+            (
+                UserUsage(p, u, name or "", today_counts.get((p, u), 0), int(n), float(spend))
+                for p, u, name, n, spend in month_rows
+            ),
+            key=lambda usage: (-usage.spend_month, -usage.jobs_month, usage.user_id),
+        )

@@ -1,0 +1,81 @@
+"""Shared fixtures: a core on a fresh SQLite file with the simulator, and a webhook receiver."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.app import Core
+from bot.models import Origin
+from bot.settings import Settings
+from tests.fakes.webhook_receiver import WebhookReceiver
+
+SettingsFactory = Callable[..., Settings]
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> SettingsFactory:
+    """Settings on this test's own data folder; ``limits`` is the TOML text admins would write."""
+
+    def make(limits: str = "", **overrides: Any) -> Settings:
+        path = tmp_path / "videobot.toml"
+        path.write_text(limits)
+        values: dict[str, Any] = {
+            "data_dir": tmp_path / "data",
+            "limits_path": path,
+            "poll_interval_s": 0.2,
+            "progress_interval_s": 0.0,
+            "http_port": 0,
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    return make
+
+
+@pytest.fixture
+async def receiver(tmp_path: Path) -> AsyncIterator[WebhookReceiver]:
+    folder = tmp_path / "received"
+    folder.mkdir()
+    hook = await WebhookReceiver(folder).start()
+    yield hook
+    await hook.stop()
+
+
+@pytest.fixture
+async def make_core(make_settings: SettingsFactory) -> AsyncIterator[Callable[..., Any]]:
+    """Start a core (simulator backend unless given) with the webhook notifier registered."""
+    from adapters.webhook import WebhookNotifier
+
+    started: list[tuple[Core, WebhookNotifier]] = []
+
+    async def make(limits: str = "", *, start: bool = True, **overrides: Any) -> Core:
+        backend = overrides.pop("backend", None)
+        core = await Core.create(make_settings(limits, **overrides), backend=backend)
+        notifier = WebhookNotifier()
+        core.service.register_notifier(notifier)
+        started.append((core, notifier))
+        if start:
+            await core.start()
+        return core
+
+    yield make
+    for core, notifier in started:
+        await core.stop()
+        await notifier.aclose()
+
+
+def webhook_origin(receiver: WebhookReceiver, user: str = "alice", **fields: Any) -> Origin:
+    values: dict[str, Any] = {
+        "platform": "webhook",
+        "workspace_id": "acme",
+        "channel_id": "general",
+        "user_id": user,
+        "user_name": user.title(),
+        "extra": {"callback_url": receiver.url},
+    }
+    values.update(fields)
+    return Origin(**values)
