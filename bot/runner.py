@@ -88,6 +88,8 @@ class Runner:
         self._loop_task: asyncio.Task[None] | None = None
         self._scheduler = AsyncIOScheduler()
         self._last_progress: dict[int, float] = {}
+        self._served: dict[str, int] = {}
+        self._turn = 0
         service.attach_dispatcher(self)
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -162,16 +164,18 @@ class Runner:
         heads = [j for j in await self.db.run(self.db.repo.queued_heads, self.platforms, self._tasks) if self._wanted(j)]
         in_flight = Counter(self._owners.values())
         while free > 0 and heads:
-            # fairness: the user with the fewest jobs in flight goes first; ties by age
-            heads.sort(key=lambda j: (in_flight[f"{j.platform}:{j.user_id}"], j.id))
+            # round-robin: fewest jobs in flight first, then whoever was served longest ago
+            heads.sort(key=lambda j: (in_flight[_user(j)], self._served.get(_user(j), -1), j.id))
             job = heads.pop(0)
-            in_flight[f"{job.platform}:{job.user_id}"] += 1
+            in_flight[_user(job)] += 1
+            self._turn += 1
+            self._served[_user(job)] = self._turn
             self._spawn(job)
             free -= 1
 
     def _spawn(self, job: Job) -> None:
         job_id = job.id or 0
-        self._owners[job_id] = f"{job.platform}:{job.user_id}"
+        self._owners[job_id] = _user(job)
         self._tasks[job_id] = asyncio.create_task(self._drive(job), name=f"videobot-job-{job_id}")
 
     def _finished(self, job_id: int) -> None:
@@ -443,6 +447,10 @@ class Runner:
         images = await asyncio.to_thread(_remove_older_than, self.service.media_dir / "images", cutoff.timestamp())
         if jobs or images:
             log.info("removed media of %s finished jobs and %s images", len(jobs), images)
+
+
+def _user(job: Job) -> str:
+    return f"{job.platform}:{job.user_id}"
 
 
 def _remove_older_than(folder: Path, cutoff: float) -> int:
