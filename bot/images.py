@@ -15,6 +15,7 @@ drops EXIF metadata, so a phone photo's GPS position never leaves the bot.
 
 from __future__ import annotations
 
+import re
 from io import BytesIO
 
 from PIL import Image, ImageOps
@@ -127,8 +128,11 @@ def _open_header(data: bytes, mime: str, max_pixels: int) -> Image.Image:
     try:
         image = Image.open(BytesIO(data), formats=[_PILLOW_FORMATS[mime]])
     except Image.DecompressionBombError as exc:
+        # Pillow refuses before exposing the size; its message carries the declared pixel count.
+        declared = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f" ({_megapixels(int(declared.group(1)))})" if declared else ""
         raise InvalidRequest(
-            f"The image declares too many pixels to open safely; the limit is {_megapixels(limit)}."
+            f"The image declares too many pixels{size} to open safely; the limit is {_megapixels(limit)}."
         ) from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise InvalidRequest(_DAMAGED) from exc

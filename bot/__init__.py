@@ -1,0 +1,38 @@
+"""videobot's core: what adapters and backends use. The public API is re-exported here.
+
+Adapters build a ``VideoRequest`` (``parse_request`` / ``build_request``) and an ``Origin``,
+hand them to ``JobService``, and implement ``Notifier``; backends implement ``Backend``.
+"""
+
+from bot.backends.base import Backend
+from bot.errors import BackendError, InvalidRequest, JobNotFound, LimitExceeded, NotAllowed, VideobotError
+from bot.grammar import HELP_TEXT, build_request, parse_request
+from bot.models import Clip, ClipInfo, GenerationSpec, ImageInput, Mode, Origin, Quality, Resolution, VideoRequest
+from bot.notifier import DeliveryCheckpoint, Notifier, ProgressUpdate, Stage, StatusMessage
+
+__all__ = [
+    "HELP_TEXT",
+    "Backend",
+    "BackendError",
+    "Clip",
+    "ClipInfo",
+    "DeliveryCheckpoint",
+    "GenerationSpec",
+    "ImageInput",
+    "InvalidRequest",
+    "JobNotFound",
+    "LimitExceeded",
+    "Mode",
+    "NotAllowed",
+    "Notifier",
+    "Origin",
+    "ProgressUpdate",
+    "Quality",
+    "Resolution",
+    "Stage",
+    "StatusMessage",
+    "VideoRequest",
+    "VideobotError",
+    "build_request",
+    "parse_request",
+]
