@@ -26,7 +26,7 @@ from bot.database import Database
 from bot.errors import BackendError
 from bot.media import check_clip, concat, last_frame_png, probe
 from bot.metrics import Metrics
-from bot.models import Clip, GenerationSpec, Quality, TaskState, TaskStatus
+from bot.models import Clip, ClipInfo, GenerationSpec, Quality, TaskState, TaskStatus
 from bot.notifier import ProgressUpdate, Stage
 from bot.service import JobService
 from storage.repository import StaleTransition
@@ -89,6 +89,7 @@ class Runner:
         self._scheduler = AsyncIOScheduler()
         self._last_progress: dict[int, float] = {}
         self._served: dict[str, int] = {}
+        self._probed: dict[Path, ClipInfo] = {}
         self._turn = 0
         service.attach_dispatcher(self)
 
@@ -182,6 +183,8 @@ class Runner:
         self._tasks.pop(job_id, None)
         self._owners.pop(job_id, None)
         self._last_progress.pop(job_id, None)
+        for path in [p for p in self._probed if p.parent.name == str(job_id)]:
+            del self._probed[path]
         self.wake()
 
     # -- one job ----------------------------------------------------------------------------
@@ -273,7 +276,7 @@ class Runner:
         if not await asyncio.to_thread(self._valid_segment, segment, job):
             await self._progress(job, Stage.FETCHING, self._overall(job, 1.0), force=True)
             await self.backend.fetch(self._finished_state(job), segment, self.options.max_download_bytes)
-            info = await asyncio.to_thread(probe, segment)
+            info = self._probed[segment] = await asyncio.to_thread(probe, segment)
             await asyncio.to_thread(
                 check_clip,
                 info,
@@ -300,7 +303,7 @@ class Runner:
         if notifier is None:
             raise RuntimeError(f"no notifier for platform {job.platform}")
         output = Path(job.output_path or "")
-        info = await asyncio.to_thread(probe, output)
+        info = self._probed.pop(output, None) or await asyncio.to_thread(probe, output)
         clip = Clip(path=output, info=info, caption=self.caption(job))
         await self._progress(job, Stage.UPLOADING, 100, force=True)
         for attempt in range(1, DELIVERY_ATTEMPTS + 1):

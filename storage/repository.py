@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, func, update
+from sqlalchemy import Engine, and_, func, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -224,33 +224,34 @@ class JobRepository:
     def usage_counts(
         session: Session, *, platform: str, workspace_id: str, user_id: str, day_start: datetime, month_start: datetime
     ) -> UsageCounts:
-        """Counts for the quota check; call it with the admitting transaction's session."""
-        counted = (col(Job.counts_toward_quota).is_(True),)
-        user = (Job.platform == platform, Job.user_id == user_id)
-        workspace = (Job.platform == platform, Job.workspace_id == workspace_id)
+        """Counts for the quota check in three indexed queries; call it inside the admitting transaction."""
+        counted = col(Job.counts_toward_quota).is_(True)
         active = col(Job.state).in_([s.value for s in ACTIVE_STATES])
-
-        def scalar(query: Any) -> Any:
-            return session.exec(query).one()
-
+        today = and_(counted, col(Job.created_at) >= day_start)
+        this_month = and_(counted, col(Job.created_at) >= month_start)
+        user = session.execute(
+            select(
+                func.count().filter(today),
+                func.count().filter(active),
+                func.max(Job.created_at).filter(counted),
+                func.coalesce(func.sum(Job.cost_usd).filter(this_month), 0.0),
+            ).where(Job.platform == platform, Job.user_id == user_id)
+        ).one()
+        workspace = session.execute(
+            select(
+                func.count().filter(today),
+                func.coalesce(func.sum(Job.cost_usd).filter(this_month), 0.0),
+            ).where(Job.platform == platform, Job.workspace_id == workspace_id, col(Job.created_at) >= month_start)
+        ).one()
+        depth = session.execute(select(func.count()).where(active)).scalar_one()
         return UsageCounts(
-            user_jobs_today=int(scalar(select(func.count()).where(*user, *counted, col(Job.created_at) >= day_start))),
-            user_active=int(scalar(select(func.count()).where(*user, active))),
-            workspace_jobs_today=int(
-                scalar(select(func.count()).where(*workspace, *counted, col(Job.created_at) >= day_start))
-            ),
-            queue_depth=int(scalar(select(func.count()).where(active))),
-            last_submit_at=scalar(select(func.max(Job.created_at)).where(*user, *counted)),
-            user_spend_month=float(
-                scalar(select(func.coalesce(func.sum(Job.cost_usd), 0.0)).where(*user, *counted, col(Job.created_at) >= month_start))
-            ),
-            workspace_spend_month=float(
-                scalar(
-                    select(func.coalesce(func.sum(Job.cost_usd), 0.0)).where(
-                        *workspace, *counted, col(Job.created_at) >= month_start
-                    )
-                )
-            ),
+            user_jobs_today=int(user[0]),
+            user_active=int(user[1]),
+            workspace_jobs_today=int(workspace[0]),
+            queue_depth=int(depth),
+            last_submit_at=user[2],
+            user_spend_month=float(user[3]),
+            workspace_spend_month=float(workspace[1]),
         )
 
     def usage_by_user(
