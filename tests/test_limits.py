@@ -140,3 +140,38 @@ async def test_failed_and_canceled_before_start_jobs_are_refunded(make_core, rec
     canceled = await core.service.cancel(queued.id, origin)
     assert canceled.state == "canceled" and not canceled.counts_toward_quota
     assert (await core.service.submit(parse_request("a boat --resolution 832x480"), origin)).id
+
+
+def _submit_many(settings_kwargs: dict, count: int, start_at: float) -> int:
+    """In a separate process: submit ``count`` jobs at once, return how many were admitted."""
+    import time as _time
+
+    from bot.app import Core
+    from bot.settings import Settings
+    from bot.models import Origin
+
+    async def go() -> int:
+        core = await Core.create(Settings(**settings_kwargs))
+        origin = Origin("webhook", "acme", "general", "alice", extra={"callback_url": "http://127.0.0.1:9/none"})
+        _time.sleep(max(0.0, start_at - _time.time()))
+        results = await asyncio.gather(
+            *(core.service.submit(parse_request("a fox --resolution 832x480"), origin) for _ in range(count)),
+            return_exceptions=True,
+        )
+        await core.stop()
+        return sum(isinstance(r, Job) for r in results)
+
+    return asyncio.run(go())
+
+
+def test_the_quota_holds_across_processes_sharing_one_database(make_settings) -> None:
+    import multiprocessing
+    import time as _time
+
+    settings = make_settings(f"[defaults]\nuser_daily_jobs = 5\nuser_concurrent_jobs = 0\n{SMALL}")
+    kwargs = {"data_dir": settings.data_dir, "limits_path": settings.limits_path, "backend": "http",
+              "wan_api_base_url": "http://127.0.0.1:9/v1"}
+    start_at = _time.time() + 4
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        admitted = pool.starmap(_submit_many, [(kwargs, 25, start_at), (kwargs, 25, start_at)])
+    assert sum(admitted) == 5
