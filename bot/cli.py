@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bot.app import Core, enabled_adapters
+from bot.app import Core, enabled_adapters, freeze_startup_heap
 from bot.errors import VideobotError
 from bot.grammar import build_request
 from bot.images import load_image
@@ -70,6 +70,7 @@ async def _serve(settings: Settings) -> None:
     for adapter in adapters:
         await adapter.start()
     routes = [route for adapter in adapters for route in getattr(adapter, "routes", [])]
+    freeze_startup_heap()
     await core.runner.start()
     if settings.http_port:
         port = await core.serve_ops(settings.http_host, settings.http_port, routes)

@@ -1,0 +1,131 @@
+"""Building and running the Slack side of videobot: the Bolt ``AsyncApp`` and its connection.
+
+Two ways to hear from Slack, chosen by settings:
+
+- Socket Mode (``SLACK_APP_TOKEN`` set, the default the README walks through): the bot dials
+  out to Slack over a websocket, so it needs no public URL, certificate or open port.
+- HTTP mode (no app token): Slack POSTs every request (commands, events, interactivity) to
+  ``/slack/events`` on ``SLACK_PORT``, each signed with ``SLACK_SIGNING_SECRET``; for installs
+  behind a load balancer. Bolt checks the signature and timestamp of every request.
+
+Every Web API call, Socket Mode's ``apps.connections.open`` included, goes to
+``SLACK_API_URL``: Slack's by default, another host for GovSlack, a fake one in the tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import aiohttp
+from aiohttp import web
+from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
+from slack_bolt.async_app import AsyncApp
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from adapters.slack.files import SlackFiles
+from adapters.slack.listeners import register
+from adapters.slack.notifier import SlackNotifier
+from bot.service import JobService
+from bot.settings import Settings
+
+log = logging.getLogger(__name__)
+
+EVENTS_PATH = "/slack/events"
+
+
+class SlackSetupError(RuntimeError):
+    """The Slack settings are missing or Slack refused them; the message names which setting
+    (never its value), so it can be shown or logged as it is."""
+
+
+class SlackAdapter:
+    """The running Slack connection. ``start()`` returns once Slack can reach the bot."""
+
+    name = "slack"
+
+    def __init__(self, settings: Settings, service: JobService, *, connect_timeout_s: float = 30.0) -> None:
+        if not settings.slack_bot_token:
+            raise SlackSetupError("SLACK_BOT_TOKEN is not set.")
+        if not settings.slack_app_token and not settings.slack_signing_secret:
+            raise SlackSetupError("Set SLACK_APP_TOKEN for Socket Mode, or SLACK_SIGNING_SECRET for HTTP mode.")
+        self._connect_timeout_s = connect_timeout_s
+        self.socket_mode = bool(settings.slack_app_token)
+        self._settings = settings
+        self.client = AsyncWebClient(token=settings.slack_bot_token, base_url=settings.slack_api_url)
+        self.notifier = SlackNotifier(self.client)
+        self.app = AsyncApp(
+            client=self.client,
+            signing_secret=settings.slack_signing_secret,
+            # Socket Mode requests arrive over an authenticated websocket and carry no signature.
+            request_verification_enabled=not self.socket_mode,
+            logger=logging.getLogger("adapters.slack.bolt"),
+        )
+        register(self.app, service, SlackFiles(self.client))
+        self._socket: AsyncSocketModeHandler | None = None
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self.port: int | None = None
+
+    async def start(self) -> None:
+        """Check the bot token, then connect (Socket Mode) or listen (HTTP mode).
+
+        Raises ``SlackSetupError`` rather than retrying forever when Slack refuses a token.
+        """
+        # One pooled session for every Web API call, instead of a connection per call.
+        self._session = aiohttp.ClientSession()
+        self.client.session = self._session
+        try:
+            await self.client.auth_test()
+        except SlackApiError as error:
+            await self.stop()
+            raise SlackSetupError(f"Slack refused SLACK_BOT_TOKEN ({error.response.get('error')}).") from None
+        if self.socket_mode:
+            await self._connect_socket()
+            return
+        web_app = web.Application()
+        web_app.router.add_post(EVENTS_PATH, self._handle)
+        self._runner = web.AppRunner(web_app, access_log=None)
+        await self._runner.setup()
+        # A burst of Slack requests must queue, not be dropped: a dropped SYN costs a second.
+        site = web.TCPSite(self._runner, self._settings.http_host, self._settings.slack_port, backlog=1024)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+        log.info("slack: listening for Slack requests on port %s at %s", self.port, EVENTS_PATH)
+
+    async def _connect_socket(self) -> None:
+        # The SDK retries a refused app token forever; give up after a while and say why.
+        self._socket = AsyncSocketModeHandler(self.app, self._settings.slack_app_token, web_client=self.client)
+        try:
+            await asyncio.wait_for(self._socket.connect_async(), self._connect_timeout_s)
+        except TimeoutError:
+            await self.stop()
+            raise SlackSetupError(
+                "Could not open a Socket Mode connection. Check SLACK_APP_TOKEN (an app-level token with "
+                "the connections:write scope) and that Socket Mode is turned on for the app."
+            ) from None
+        log.info("slack: connected in Socket Mode")
+
+    async def stop(self) -> None:
+        if self._socket is not None:
+            await self._socket.close_async()
+            self._socket = None
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        response = await self.app.async_dispatch(await to_bolt_request(request))
+        return await to_aiohttp_response(response)
+
+
+def build_adapter(settings: Settings, service: JobService) -> SlackAdapter:
+    """The composition root's entry: build the adapter and let the core notify through it."""
+    adapter = SlackAdapter(settings, service)
+    service.register_notifier(adapter.notifier)
+    return adapter
