@@ -16,7 +16,7 @@ from aiohttp import web
 
 from bot.backends.base import Backend
 from bot.database import Database
-from bot.errors import VideobotError
+from bot.errors import ConfigurationError
 from bot.limits import LimitsStore
 from bot.metrics import Metrics, build_ops_app
 from bot.runner import Runner, RunnerOptions
@@ -28,10 +28,6 @@ from storage.repository import JobRepository
 log = logging.getLogger(__name__)
 
 SIMULATOR_LABEL = "simulator (no real model)"
-
-
-class ConfigurationError(VideobotError):
-    """A setting is missing or wrong; the message names it."""
 
 
 @dataclass

@@ -5,6 +5,7 @@
     ├── LimitExceeded       a quota, budget, cooldown or queue cap refuses it for now
     ├── NotAllowed          the person may not do this (another user's job, a closed channel)
     ├── JobNotFound         no such job
+    ├── ConfigurationError  a setting is missing or wrong; the message names it
     └── BackendError        the generator failed; ``retryable`` says whether trying again may help
 
 Adapters show ``str(error)`` to the person as it is: no traceback, no secret ever reaches it.
@@ -41,6 +42,10 @@ class NotAllowed(VideobotError):
 
 class JobNotFound(VideobotError):
     """No job has that id."""
+
+
+class ConfigurationError(VideobotError):
+    """A setting is missing or wrong; the message names the setting, never its value."""
 
 
 class BackendError(VideobotError):
