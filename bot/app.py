@@ -68,11 +68,23 @@ async def build_backend(settings: Settings, embedded: _Embedded) -> Backend:
             max_concurrency=concurrency,
         )
     if settings.backend == "diffusers":
-        from bot.gpu.backend import DiffusersBackend
+        from bot.gpu import DiffusersBackend, LoadOptions, Offload, Preset
 
         if not settings.videobot_model:
             raise ConfigurationError("VIDEOBOT_BACKEND=diffusers needs VIDEOBOT_MODEL (a model id or local path).")
-        return DiffusersBackend.from_settings(settings)
+        try:
+            options = LoadOptions(
+                preset=Preset(settings.gpu_preset),
+                lora=settings.gpu_lora or None,
+                offload=Offload(settings.gpu_offload),
+                compile=settings.gpu_compile,
+                vae_tiling=settings.gpu_vae_tiling,
+            )
+        except ValueError:
+            raise ConfigurationError(
+                "VIDEOBOT_PRESET must be quality or fast, and VIDEOBOT_OFFLOAD none, model or group."
+            ) from None
+        return await DiffusersBackend.open(settings.videobot_model, settings.media_dir / "gpu", options)
     raise ConfigurationError(
         f"VIDEOBOT_BACKEND={settings.backend!r} is not a backend; use http, simulator or diffusers."
     )

@@ -284,5 +284,30 @@ def simulator(
     run_simulator(host, port, options, files_dir=files_dir, api_key=api_key or None, max_parallel=max_parallel)
 
 
+@app.command()
+def worker(
+    model: Annotated[str, typer.Option(help="A Wan checkpoint: Hugging Face id or local folder.")],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8900,
+    api_key: Annotated[str, typer.Option(envvar="WORKER_API_KEY", help="Require this bearer key.")] = "",
+    preset: Annotated[str, typer.Option(help="quality (the model's steps) or fast (step-distilled LoRA).")] = "quality",
+    lora: Annotated[Optional[str], typer.Option(help="Step-distillation LoRA for --preset fast.")] = None,
+    offload: Annotated[str, typer.Option(help="none, model or group: for GPUs smaller than the model.")] = "none",
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the transformer.")] = False,
+    vae_tiling: Annotated[bool, typer.Option("--vae-tiling", help="Decode in tiles to save memory.")] = False,
+    files_dir: Annotated[Path, typer.Option(help="Where finished clips are kept.")] = Path("videobot-worker"),
+) -> None:
+    """Serve the provider REST API at http://HOST:PORT/v1 with the model on this machine's GPU."""
+    configure_logging(os.environ.get("VIDEOBOT_LOG_LEVEL", "INFO").upper(), [api_key] if api_key else [])
+    from bot.gpu import LoadOptions, Offload, Preset, run_worker
+
+    try:
+        options = LoadOptions(preset=Preset(preset), lora=lora, offload=Offload(offload), compile=compile,
+                              vae_tiling=vae_tiling)
+    except ValueError:
+        raise _fail("--preset must be quality or fast, and --offload none, model or group.") from None
+    run_worker(host, port, model, api_key or None, options=options, files_dir=files_dir)
+
+
 def main() -> None:
     app()

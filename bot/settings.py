@@ -60,8 +60,13 @@ class Settings:
     # Discord
     discord_token: str = field(default="", repr=False)
     discord_guild_ids: tuple[int, ...] = ()
-    # local GPU
+    # local GPU (VIDEOBOT_BACKEND=diffusers, and `videobot worker` defaults)
     videobot_model: str = ""
+    gpu_preset: str = "quality"
+    gpu_lora: str = ""
+    gpu_offload: str = "none"
+    gpu_compile: bool = False
+    gpu_vae_tiling: bool = False
 
     @property
     def database(self) -> str:
@@ -119,4 +124,9 @@ class Settings:
             discord_token=_str("DISCORD_TOKEN"),
             discord_guild_ids=guilds,
             videobot_model=_str("VIDEOBOT_MODEL"),
+            gpu_preset=_str("VIDEOBOT_PRESET", "quality").lower(),
+            gpu_lora=_str("VIDEOBOT_LORA"),
+            gpu_offload=_str("VIDEOBOT_OFFLOAD", "none").lower(),
+            gpu_compile=_str("VIDEOBOT_COMPILE").lower() in ("1", "true", "yes"),
+            gpu_vae_tiling=_str("VIDEOBOT_VAE_TILING").lower() in ("1", "true", "yes"),
         )
