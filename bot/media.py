@@ -58,9 +58,7 @@ def _video_stream(path: Path) -> Iterator[VideoStream]:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise BackendError(_DAMAGED)
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            yield stream
+            yield container.streams.video[0]
     except FileNotFoundError as exc:
         raise BackendError("The video file is missing") from exc
     except av.error.FFmpegError as exc:
@@ -73,6 +71,7 @@ def _decode_all(stream: VideoStream) -> tuple[int, VideoFrame]:
     A download cut short keeps a complete header (``+faststart`` puts it first) but holds
     fewer frames than it declares, and the decoder does not always complain; the count does.
     """
+    stream.thread_type = "AUTO"  # worth its thread start-up only when every frame is decoded
     count = 0
     last: VideoFrame | None = None
     for frame in stream.container.decode(stream):
