@@ -306,8 +306,8 @@ class Runner:
         info = self._probed.pop(output, None) or await asyncio.to_thread(probe, output)
         clip = Clip(path=output, info=info, caption=self.caption(job))
         await self._progress(job, Stage.UPLOADING, 100, force=True)
+        checkpoint = _Checkpoint(self.db, job)
         for attempt in range(1, DELIVERY_ATTEMPTS + 1):
-            checkpoint = _Checkpoint(self.db, await self.service.status(job.id or 0))
             try:
                 ref = await notifier.deliver(job, clip, checkpoint)
                 break

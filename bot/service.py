@@ -107,10 +107,10 @@ class JobService:
             if not admin:
                 self._admit(session, origin, limits, config, job.cost_usd)
 
-        job, created = await self.db.run(self.db.repo.create, job, admit)
+        job, created, position = await self.db.run(self.db.repo.create, job, admit)
         if not created:
             return job
-        job = await self._acknowledge(job)
+        job = await self._acknowledge(job, position)
         if self.dispatcher is not None:
             self.dispatcher.wake()
         return job
@@ -370,11 +370,10 @@ class JobService:
                     resets_at=monthly_reset,
                 )
 
-    async def _acknowledge(self, job: Job) -> Job:
+    async def _acknowledge(self, job: Job, position: int) -> Job:
         notifier = self.notifiers.get(job.platform)
         if notifier is None:
             return job
-        position = await self.queue_position(job)
         try:
             status = await notifier.acknowledge(job, position)
         except NotAllowed as refusal:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, and_, func, update
+from sqlalchemy import Engine, and_, func, insert, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -69,29 +69,36 @@ class JobRepository:
 
     # -- creating ---------------------------------------------------------------------------
 
-    def create(self, job: Job, admit: Callable[[Session], None] | None = None) -> tuple[Job, bool]:
+    def create(self, job: Job, admit: Callable[[Session], None] | None = None) -> tuple[Job, bool, int]:
         """Insert ``job`` after ``admit`` (the quota check) passes, in one transaction.
 
-        Returns ``(job, created)``; a job whose ``dedup_key`` is already stored returns the
-        stored one with ``created=False`` (a platform's retry of the same event).
+        Returns ``(job, created, queue_position)``; a job whose ``dedup_key`` is already stored
+        returns the stored one with ``created=False`` (a platform's retry of the same event).
         """
         if job.dedup_key:
             existing = self.by_dedup_key(job.dedup_key)
             if existing is not None:
-                return existing, False
+                return existing, False, 0
         try:
             with self._session() as session, session.begin():
                 if admit is not None:
                     admit(session)
                 session.add(job)
                 session.flush()
-                session.add(JobEvent(job_id=job.id or 0, to_state=job.state, detail=f"{job.kind} by {job.user_id}"))
+                session.execute(
+                    insert(JobEvent).values(
+                        job_id=job.id, at=job.created_at, to_state=job.state, detail=f"{job.kind} by {job.user_id}"
+                    )
+                )
+                ahead = session.execute(
+                    select(func.count()).where(Job.state == JobState.QUEUED.value, col(Job.id) < job.id)
+                ).scalar_one()
         except IntegrityError:
             existing = self.by_dedup_key(job.dedup_key or "")
             if existing is None:
                 raise
-            return existing, False
-        return job, True
+            return existing, False, 0
+        return job, True, int(ahead)
 
     # -- transitions ------------------------------------------------------------------------
 
@@ -112,25 +119,23 @@ class JobRepository:
             values[stamp] = now
         allowed = [s.value for s in expect]
         with self._session() as session, session.begin():
-            current = session.get(Job, job_id)
-            if current is None or current.state not in allowed:
-                found = current.state if current else "missing"
-                raise StaleTransition(f"job {job_id} is {found}, not {'/'.join(allowed)}")
-            from_state = current.state
-            session.execute(update(Job).where(col(Job.id) == job_id).values(**values))
-            session.add(JobEvent(job_id=job_id, from_state=from_state, to_state=to.value, detail=detail[:500]))
-            session.flush()
-            session.refresh(current)
-            return current
+            from_state = session.execute(select(Job.state).where(col(Job.id) == job_id)).scalar_one_or_none()
+            if from_state not in allowed:
+                raise StaleTransition(f"job {job_id} is {from_state or 'missing'}, not {'/'.join(allowed)}")
+            job = session.scalars(update(Job).where(col(Job.id) == job_id).values(**values).returning(Job)).one()
+            session.execute(
+                insert(JobEvent).values(job_id=job_id, at=now, from_state=from_state, to_state=to.value, detail=detail[:500])
+            )
+            return job
 
     def update(self, job_id: int, **fields: Any) -> Job:
         """Set fields that are not a state change (progress, message references)."""
         with self._session() as session, session.begin():
-            session.execute(update(Job).where(col(Job.id) == job_id).values(updated_at=utcnow(), **fields))
-            job = session.get(Job, job_id)
+            job = session.scalars(
+                update(Job).where(col(Job.id) == job_id).values(updated_at=utcnow(), **fields).returning(Job)
+            ).one_or_none()
             if job is None:
                 raise StaleTransition(f"job {job_id} is missing")
-            session.refresh(job)
             return job
 
     # -- reading ----------------------------------------------------------------------------
