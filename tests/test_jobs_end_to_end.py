@@ -181,3 +181,15 @@ async def test_a_failed_upload_is_retried_and_posted_once(make_core, receiver) -
     assert (await _finish(core, receiver, job.id)).state == "succeeded"
     assert receiver.delivery_posts == 3
     _delivered(receiver, job.id)
+
+
+async def test_old_clips_are_removed_on_schedule_and_rows_stay(make_core, receiver) -> None:
+    core = await make_core(f"[defaults]\n{SMALL}", media_retention_days=0)
+    job = await core.service.submit(parse_request("a field --duration 1 --resolution 832x480"), webhook_origin(receiver))
+    job = await _finish(core, receiver, job.id)
+    clip = core.service.media_dir / "jobs" / str(job.id)
+    assert clip.exists() and job.output_path
+    await core.runner.clean_media()
+    assert not clip.exists()
+    kept = await core.service.status(job.id)
+    assert kept.state == "succeeded" and kept.output_path is None and kept.prompt == "a field"
