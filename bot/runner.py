@@ -273,22 +273,16 @@ class Runner:
 
     async def _fetch(self, job: Job) -> Job:
         segment = self._segment_path(job, job.segment_index)
-        if not await asyncio.to_thread(self._valid_segment, segment, job):
+        if not (segment.exists() and await asyncio.to_thread(self._valid_segment, segment, job)):
             await self._progress(job, Stage.FETCHING, self._overall(job, 1.0), force=True)
             await self.backend.fetch(self._finished_state(job), segment, self.options.max_download_bytes)
-            info = self._probed[segment] = await asyncio.to_thread(probe, segment)
-            await asyncio.to_thread(
-                check_clip,
-                info,
-                duration_s=self._segment_durations(job)[job.segment_index],
-                width=job.width,
-                height=job.height,
-                fps=job.fps,
-            )
+            self._probed[segment] = await asyncio.to_thread(self._checked, segment, job)
         if job.segment_index + 1 < job.segment_count:
             following = job.model_copy(update={"segment_index": job.segment_index + 1})
             return await self._submit(following, JobState.FETCHING)
-        output = await asyncio.to_thread(self._assemble, job)
+        output = self._segment_path(job, 0)
+        if job.segment_count > 1 or job.kind == "extend":
+            output = await asyncio.to_thread(self._assemble, job)
         return await self.db.run(
             self.db.repo.transition,
             job.id or 0,
@@ -392,18 +386,17 @@ class Runner:
             return TaskState(TaskStatus.SUCCEEDED, 1.0, video_path=Path(where.removeprefix("file://")))
         return TaskState(TaskStatus.SUCCEEDED, 1.0, video_url=where)
 
+    def _checked(self, path: Path, job: Job) -> ClipInfo:
+        """Probe a fetched segment and refuse it unless it is what was asked (blocking)."""
+        info = probe(path)
+        duration = self._segment_durations(job)[job.segment_index]
+        check_clip(info, duration_s=duration, width=job.width, height=job.height, fps=job.fps)
+        return info
+
     def _valid_segment(self, path: Path, job: Job) -> bool:
         """A segment fetched before a crash need not be fetched again."""
-        if not path.exists():
-            return False
         try:
-            check_clip(
-                probe(path),
-                duration_s=self._segment_durations(job)[job.segment_index],
-                width=job.width,
-                height=job.height,
-                fps=job.fps,
-            )
+            self._probed[path] = self._checked(path, job)
         except BackendError:
             return False
         return True

@@ -107,7 +107,7 @@ class JobService:
             if not admin:
                 self._admit(session, origin, limits, config, job.cost_usd)
 
-        job, created, position = await self.db.run(self.db.repo.create, job, admit)
+        job, created, position = await self.db.interactive(self.db.repo.create, job, admit)
         if not created:
             return job
         job = await self._acknowledge(job, position)
@@ -164,7 +164,7 @@ class JobService:
         if job.job_state.terminal:
             raise InvalidRequest(f"Job #{job_id} already {job.state}.")
         try:
-            canceled = await self.db.run(
+            canceled = await self.db.interactive(
                 self.db.repo.transition,
                 job_id,
                 JobState.CANCELED,
@@ -187,7 +187,7 @@ class JobService:
         return canceled
 
     async def status(self, job_id: int) -> Job:
-        job = await self.db.run(self.db.repo.get, job_id)
+        job = await self.db.interactive(self.db.repo.get, job_id)
         if job is None:
             raise JobNotFound(f"There is no job #{job_id}.")
         return job
@@ -392,7 +392,7 @@ class JobService:
             return job
         if status is None:
             return job
-        return await self.db.run(
+        return await self.db.interactive(
             self.db.repo.update, job.id or 0, status_ref=status.ref, thread_id=status.thread_id or job.thread_id
         )
 

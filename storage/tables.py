@@ -46,6 +46,7 @@ class Job(SQLModel, table=True):
     __tablename__ = "jobs"
     __table_args__ = (
         Index("ix_jobs_state_created", "state", "created_at"),
+        Index("ix_jobs_queue", "state", "platform", "user_id", "id"),
         Index("ix_jobs_user_created", "platform", "user_id", "created_at"),
         Index("ix_jobs_workspace_created", "platform", "workspace_id", "created_at"),
     )
