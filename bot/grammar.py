@@ -15,7 +15,6 @@ from bot.errors import InvalidRequest
 from bot.models import ImageInput, Quality, Resolution, VideoRequest
 
 DEFAULT_DURATION_S = 5
-DEFAULT_FPS = 16
 ALLOWED_FPS = (16, 24)
 MAX_SEED = 2**31 - 1
 ASPECTS: dict[str, Resolution] = {
@@ -36,7 +35,7 @@ Options (all optional):
   --duration N       seconds of video (default 5)
   --aspect A         16:9 (1280x720, default), 9:16 (720x1280) or 1:1 (960x960)
   --resolution WxH   an exact size instead of --aspect, e.g. 832x480
-  --fps N            16 (default) or 24
+  --fps N            16 or 24 (default: 16, or what this workspace sets)
   --seed N           repeat a result exactly
   --negative "..."   what to keep out of the video
   --hq               higher quality, slower
@@ -178,9 +177,9 @@ def _duration(value: int | str | None) -> int:
     return seconds
 
 
-def _fps(value: int | str | None) -> int:
+def _fps(value: int | str | None) -> int | None:
     if value is None:
-        return DEFAULT_FPS
+        return None
     fps = _whole_number("fps", value)
     if fps not in ALLOWED_FPS:
         raise InvalidRequest(f"--fps must be 16 or 24 (got {fps}).")

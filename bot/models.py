@@ -55,7 +55,8 @@ class VideoRequest:
     prompt: str
     duration_s: int = 5
     resolution: Resolution = Resolution(1280, 720)
-    fps: int = 16
+    fps: int | None = None
+    """None: the first frame rate the limits allow here (16 unless an admin lists 24 first)."""
     seed: int | None = None
     negative_prompt: str = ""
     quality: Quality = Quality.STANDARD

@@ -9,6 +9,7 @@ the jobs (``Dispatcher``) stays behind this interface, so it can move to another
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import random
@@ -98,6 +99,8 @@ class JobService:
         config = self.limits.current()
         admin = config.is_admin(origin)
         limits = config.resolve(origin)
+        if request.fps is None:
+            request = dataclasses.replace(request, fps=limits.fps[0])
         self._validate(request, origin, limits, admin=admin)
         job = self._new_job(request, origin, config, dedup_key=dedup_key, kind=kind, parent_id=parent_id)
         if request.image is not None:
@@ -269,6 +272,7 @@ class JobService:
         kind: str,
         parent_id: int | None,
     ) -> Job:
+        assert request.fps is not None, "submit resolves the default frame rate first"
         return Job(
             kind=kind,
             parent_id=parent_id,

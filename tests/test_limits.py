@@ -175,3 +175,11 @@ def test_the_quota_holds_across_processes_sharing_one_database(make_settings) ->
     with multiprocessing.get_context("spawn").Pool(2) as pool:
         admitted = pool.starmap(_submit_many, [(kwargs, 25, start_at), (kwargs, 25, start_at)])
     assert sum(admitted) == 5
+
+
+async def test_a_workspace_that_lists_24_fps_first_gets_it_by_default(make_core, receiver) -> None:
+    core = await make_core(f"[defaults]\nfps = [24]\n{SMALL}", start=False)
+    job = await core.service.submit(parse_request("a windmill --resolution 832x480"), webhook_origin(receiver))
+    assert job.fps == 24
+    with pytest.raises(InvalidRequest, match="--fps 16 is not allowed here; choose 24"):
+        await core.service.submit(parse_request("a windmill --resolution 832x480 --fps 16"), webhook_origin(receiver))

@@ -1,0 +1,74 @@
+"""The one request grammar every platform shares: pure functions, so plain unit tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.errors import InvalidRequest
+from bot.grammar import build_request, parse_request, split_options
+from bot.models import ImageInput, Quality, Resolution
+
+pytestmark = pytest.mark.timeout(10)
+
+
+def test_options_come_out_and_the_prompt_stays_as_written() -> None:
+    request = parse_request('a fox in the snow --duration 8 --aspect 9:16 --fps 24 --seed 7 --negative "blurry, text" --hq')
+    assert request.prompt == "a fox in the snow"
+    assert (request.duration_s, request.resolution, request.fps, request.seed) == (8, Resolution(720, 1280), 24, 7)
+    assert request.negative_prompt == "blurry, text" and request.quality is Quality.HIGH
+
+
+def test_chinese_and_apostrophes_survive_untouched() -> None:
+    assert parse_request("一只狐狸在雪地里奔跑，电影感 --duration 3").prompt == "一只狐狸在雪地里奔跑，电影感"
+    assert parse_request("a dog's life — in 4K --fps 16").prompt == "a dog's life — in 4K"
+
+
+def test_phone_keyboards_smart_dashes_and_equals_signs_are_understood() -> None:
+    request = parse_request("waves —duration 6 –aspect=1:1")
+    assert (request.duration_s, request.resolution) == (6, Resolution(960, 960))
+
+
+def test_defaults_follow_the_guide_and_leave_fps_to_the_workspace() -> None:
+    request = parse_request("a quiet harbour")
+    assert (request.duration_s, request.resolution, request.fps, request.seed) == (5, Resolution(1280, 720), None, None)
+
+
+def test_an_image_keeps_its_orientation_unless_told_otherwise() -> None:
+    portrait = ImageInput(b"x", "image/jpeg", 900, 1600)
+    assert parse_request("sway", image=portrait).resolution == Resolution(720, 1280)
+    assert parse_request("sway --aspect 16:9", image=portrait).resolution == Resolution(1280, 720)
+    assert parse_request("sway", image=ImageInput(b"x", "image/png", 1000, 1000)).resolution == Resolution(960, 960)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "Describe the video you want"),
+        ("--duration 8", "Describe the video you want"),
+        ("x --duration 0", "--duration must be at least 1 second (got 0)"),
+        ("x --duration abc", "--duration must be a whole number (got 'abc')"),
+        ("x --fps 30", "--fps must be 16 or 24 (got 30)"),
+        ("x --dur 5", "Unknown option --dur. Did you mean --duration?"),
+        ("x --aspect 4:3", "--aspect must be 16:9, 9:16 or 1:1 (got '4:3')"),
+        ("x --resolution big", "--resolution must look like 1280x720 (got 'big')"),
+        ("x --aspect 9:16 --resolution 1280x720", "disagree"),
+        ("x --seed", "--seed needs a value, e.g. --seed 7"),
+        ("x --seed 99999999999", "--seed must be between 0 and 2147483647"),
+        ('x --negative "unclosed', "A quote \" is never closed"),
+    ],
+)
+def test_mistakes_name_the_option_and_what_is_allowed(text: str, message: str) -> None:
+    with pytest.raises(InvalidRequest) as error:
+        parse_request(text)
+    assert message in str(error.value)
+
+
+def test_typed_slash_options_go_through_the_same_checks() -> None:
+    assert build_request("a kite", duration=3, fps=24, aspect="1:1").fps == 24
+    with pytest.raises(InvalidRequest, match="--fps must be 16 or 24"):
+        build_request("a kite", fps=12)
+
+
+def test_split_options_leaves_words_that_only_look_like_options() -> None:
+    prompt, options = split_options("a re-run of the x--y sketch --seed 3")
+    assert prompt == "a re-run of the x--y sketch" and options == {"seed": "3"}
