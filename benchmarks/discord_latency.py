@@ -21,7 +21,6 @@ import functools
 import logging
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from adapters.discord import build_adapter
 from adapters.discord.notifier import UPLOAD_HEADROOM_BYTES
 from bot.app import Core
-from bot.media import ffmpeg_exe, fit_to_size, probe
+from tests.clips import lavfi_clip
+from bot.media import fit_to_size, probe
 from bot.settings import Settings
 from tests.fakes.discord_server import FakeDiscord, FakeInteraction, running_fake_discord
 
@@ -107,28 +107,7 @@ def _settled(fake: FakeDiscord, interaction: FakeInteraction) -> bool:
 
 def reencode(workdir: Path) -> None:
     source = workdir / "clip-10s-720p-24fps.mp4"
-    subprocess.run(
-        [
-            ffmpeg_exe(),
-            "-y",
-            "-loglevel",
-            "error",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=s=1280x720:r=24:d=10,noise=alls=14:allf=t+u",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "veryfast",
-            "-crf",
-            "20",
-            "-pix_fmt",
-            "yuv420p",
-            str(source),
-        ],
-        check=True,
-    )
+    lavfi_clip(source, "testsrc2=s=1280x720:r=24:d=10,noise=alls=14:allf=t+u", "-crf", "20", preset="veryfast")
     before = probe(source)
     out = workdir / "fitted.mp4"
     started = time.perf_counter()

@@ -7,7 +7,6 @@ import asyncio
 import io
 import logging
 import shutil
-import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
@@ -21,7 +20,8 @@ from adapters.discord import DiscordAdapter, build_adapter
 from bot.app import Core
 from bot.backends.http import HttpBackend
 from bot.errors import ConfigurationError, JobNotFound
-from bot.media import ffmpeg_exe, probe
+from tests.clips import lavfi_clip
+from bot.media import probe
 from bot.models import TaskState
 from bot.provider.server import bound_port, build_provider_app, serve_provider
 from bot.provider.simulator import SimulatorGenerator, SimulatorOptions
@@ -317,32 +317,7 @@ async def test_buttons_work_after_the_client_restarts(make_world: WorldFactory) 
 
 def make_big_clip(path: Path) -> Path:
     """An 18+ MiB, 5 s, 1280x720, 16 fps h264 clip: intra-only frames of fine grain."""
-    subprocess.run(
-        [
-            ffmpeg_exe(),
-            "-y",
-            "-loglevel",
-            "error",
-            "-f",
-            "lavfi",
-            "-i",
-            "color=c=gray:s=1280x720:r=16:d=5,noise=alls=40:allf=u",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-pix_fmt",
-            "yuv420p",
-            "-qp",
-            "33",
-            "-g",
-            "1",
-            "-movflags",
-            "+faststart",
-            str(path),
-        ],
-        check=True,
-    )
+    lavfi_clip(path, "color=c=gray:s=1280x720:r=16:d=5,noise=alls=40:allf=u", "-qp", "33", "-g", "1", "-movflags", "+faststart")
     return path
 
 

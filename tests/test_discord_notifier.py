@@ -3,7 +3,6 @@ delivery, the switch from the interaction token to the channel API, and edit pac
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -14,7 +13,8 @@ import pytest
 
 from adapters.discord.notifier import DiscordNotifier, delivery_nonce
 from bot.errors import BackendError
-from bot.media import ffmpeg_exe, probe
+from tests.clips import lavfi_clip
+from bot.media import probe
 from bot.models import Clip
 from bot.notifier import ProgressUpdate, Stage
 from storage.tables import Job
@@ -63,26 +63,7 @@ class Setup:
 @pytest.fixture(scope="module")
 def small_clip(tmp_path_factory: pytest.TempPathFactory) -> Clip:
     path = tmp_path_factory.mktemp("clip") / "clip.mp4"
-    subprocess.run(
-        [
-            ffmpeg_exe(),
-            "-y",
-            "-loglevel",
-            "error",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=s=320x240:r=16:d=1",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-pix_fmt",
-            "yuv420p",
-            str(path),
-        ],
-        check=True,
-    )
+    lavfi_clip(path, "testsrc2=s=320x240:r=16:d=1")
     return Clip(path=path, info=probe(path), caption="“a heron takes off” · 1 s · seed 11")
 
 
