@@ -78,6 +78,10 @@ async def _serve(settings: Settings) -> None:
     _announce(core)
     names = ", ".join(a.name for a in adapters) or "none (set SLACK_BOT_TOKEN or DISCORD_TOKEN)"
     console.print(f"Chat platforms: {names}. Database: {settings.database.split('///')[-1]}")
+    limits = settings.limits_path
+    console.print(f"Limits: {limits}" + ("" if limits.exists() else " (not found: built-in defaults; see videobot.example.toml)"))
+    if not adapters:
+        console.print('Try a clip from another terminal: videobot generate "a red fox in fresh snow" --output fox.mp4')
     console.print("videobot is running; Ctrl-C stops it.")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
