@@ -29,6 +29,7 @@ from adapters.slack.files import SlackFiles
 from adapters.slack.listeners import register
 from adapters.slack.notifier import SlackNotifier
 from bot.service import JobService
+from bot.errors import ConfigurationError
 from bot.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 EVENTS_PATH = "/slack/events"
 
 
-class SlackSetupError(RuntimeError):
+class SlackSetupError(ConfigurationError):
     """The Slack settings are missing or Slack refused them; the message names which setting
     (never its value), so it can be shown or logged as it is."""
 
