@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, and_, func, insert, update
+from sqlalchemy import Engine, and_, func, insert, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -81,6 +81,10 @@ class JobRepository:
                 return existing, False, 0
         try:
             with self._session() as session, session.begin():
+                if session.get_bind().dialect.name == "postgresql":
+                    # SQLite takes its write lock at BEGIN (storage.engine); PostgreSQL needs an
+                    # explicit one so two admissions cannot both read the old counts.
+                    session.execute(text("LOCK TABLE jobs IN SHARE ROW EXCLUSIVE MODE"))
                 if admit is not None:
                     admit(session)
                 session.add(job)
