@@ -18,7 +18,7 @@ from bot.backends.base import Backend
 from bot.database import Database
 from bot.errors import ConfigurationError
 from bot.limits import LimitsStore
-from bot.metrics import Metrics, build_ops_app
+from bot.metrics import build_ops_app
 from bot.runner import Runner, RunnerOptions
 from bot.service import JobService
 from bot.settings import Settings
@@ -185,11 +185,9 @@ class Core:
         app.add_routes(list(extra_routes))
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, host, port)
-        await site.start()
+        await web.TCPSite(runner, host, port).start()
         self._embedded.runners.append(runner)
-        sockets = site._server.sockets if site._server else []  # noqa: SLF001 (aiohttp exposes no public accessor)
-        return sockets[0].getsockname()[1] if sockets else port
+        return int(runner.addresses[0][1])
 
     async def health(self) -> dict[str, Any]:
         counts = await self._state_counts()

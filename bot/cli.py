@@ -7,6 +7,7 @@ import getpass
 import os
 import shutil
 import signal
+from datetime import timezone
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -24,6 +25,8 @@ from bot.logs import configure_logging
 from bot.models import Clip, Origin
 from bot.notifier import DeliveryCheckpoint, ProgressUpdate, StatusMessage
 from bot.settings import Settings
+from storage.engine import make_engine, upgrade
+from storage.repository import JobRepository
 from storage.tables import Job, JobState, utcnow
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="videobot: AI video generation for Slack and Discord.")
@@ -188,11 +191,17 @@ async def _generate(settings: Settings, request, output: Path) -> int:  # type: 
 # -- inspecting ---------------------------------------------------------------------------
 
 
+def _repository(settings: Settings) -> JobRepository:
+    """The job store alone: reading jobs needs no backend and no runner."""
+    engine = make_engine(settings.database)
+    upgrade(engine)
+    return JobRepository(engine)
+
+
 @app.command()
 def jobs(limit: Annotated[int, typer.Option(help="How many recent jobs.")] = 20) -> None:
     """List recent jobs and their states."""
-    settings = _settings()
-    rows = asyncio.run(_with_core(settings, lambda core: core.service.db.run(core.service.db.repo.recent, limit)))
+    rows = _repository(_settings()).recent(limit)
     table = Table("id", "state", "who", "where", "prompt", "dur", "size", "created (UTC)", "error")
     for job in rows:
         table.add_row(
@@ -207,42 +216,21 @@ def jobs(limit: Annotated[int, typer.Option(help="How many recent jobs.")] = 20)
 def usage() -> None:
     """Videos and spend per user this month, across every platform."""
     settings = _settings()
-
-    async def report(core: Core):  # type: ignore[no-untyped-def]
-        config = core.service.limits.current()
-        now = utcnow()
-        return await core.service.db.run(
-            core.service.db.repo.usage_by_user,
-            platform=None,
-            workspace_id=None,
-            day_start=window_start(now, "day", config.timezone),
-            month_start=window_start(now, "month", config.timezone),
-        )
-
+    try:
+        config = load_limits(settings.limits_path)
+    except LimitsError as error:
+        raise _fail(str(error), 1) from None
+    now = utcnow()
+    rows = _repository(settings).usage_by_user(
+        platform=None,
+        workspace_id=None,
+        day_start=window_start(now, "day", config.timezone).replace(tzinfo=timezone.utc),
+        month_start=window_start(now, "month", config.timezone).replace(tzinfo=timezone.utc),
+    )
     table = Table("platform", "user", "today", "this month", "spend (USD)")
-    for row in asyncio.run(_with_core(settings, report)):
+    for row in rows:
         table.add_row(row.platform, row.user_name or row.user_id, str(row.jobs_today), str(row.jobs_month), f"{row.spend_month:.2f}")
     Console().print(table)
-
-
-async def _with_core(settings: Settings, action):  # type: ignore[no-untyped-def]
-    core = await Core.create(settings, backend=_NoBackend())
-    try:
-        return await action(core)
-    finally:
-        await core.stop()
-
-
-class _NoBackend:
-    """For commands that only read the database: nothing to generate with."""
-
-    name = "none"
-    label = "none"
-    max_concurrency = 0
-    max_segment_s = 10
-
-    async def aclose(self) -> None:
-        return None
 
 
 @app.command("check-config")

@@ -297,7 +297,9 @@ class Runner:
         if notifier is None:
             raise RuntimeError(f"no notifier for platform {job.platform}")
         output = Path(job.output_path or "")
-        info = self._probed.pop(output, None) or await asyncio.to_thread(probe, output)
+        info = self._probed.pop(output, None)
+        if info is None:  # resumed after a restart: nothing probed in this process yet
+            info = await asyncio.to_thread(probe, output)
         clip = Clip(path=output, info=info, caption=self.caption(job))
         await self._progress(job, Stage.UPLOADING, 100, force=True)
         checkpoint = _Checkpoint(self.db, job)

@@ -61,6 +61,10 @@ def test_generate_through_the_http_backend_writes_the_asked_clip(tmp_path: Path,
     assert (info.width, info.height, info.fps, info.codec) == (832, 480, 24, "h264")
     assert info.duration_s == pytest.approx(3, abs=0.1) and info.frames == 72
     assert "Wrote fox.mp4" in result.stderr and "sk-cli-secret-123" not in result.stderr + result.stdout
+    listed = videobot(tmp_path, "jobs", env={**env, "COLUMNS": "200"})
+    assert listed.returncode == 0 and "succeeded" in listed.stdout and "a red fox running" in listed.stdout
+    report = videobot(tmp_path, "usage", env={**env, "COLUMNS": "200"})
+    assert report.returncode == 0 and "cli" in report.stdout and " 1 " in report.stdout
 
 
 def test_generate_animates_a_48_megapixel_photo(tmp_path: Path, simulator: str) -> None:

@@ -173,7 +173,7 @@ def _label_overlay(label: str, width: int, height: int) -> _Overlay:
 def _prompt_overlay(prompt: str, width: int, height: int) -> _Overlay:
     font = _font(max(12, min(width, height) // 18))
     margin = max(4, width // 24)
-    pad = max(4, font.size // 2) if isinstance(font, ImageFont.FreeTypeFont) else 6
+    pad = max(4, int(font.size) // 2) if isinstance(font, ImageFont.FreeTypeFont) else 6
     lines = wrap_text(prompt, font, width - 2 * (margin + pad)) or [" "]
     line_h = _text_size("Ag", font)[1] + pad // 2
     box_w = min(width - 2 * margin, max(_text_size(line, font)[0] for line in lines) + 2 * pad)
