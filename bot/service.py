@@ -22,6 +22,7 @@ from sqlmodel import Session
 from bot.database import Database
 from bot.errors import InvalidRequest, JobNotFound, LimitExceeded, NotAllowed
 from bot.limits import EffectiveLimits, LimitsConfig, LimitsStore, describe_reset, next_reset, window_start
+from bot.media import last_frame_png
 from bot.models import ImageInput, Origin, Quality, Resolution, VideoRequest
 from bot.notifier import Notifier, ProgressUpdate, Stage
 from storage.repository import JobRepository, StaleTransition, UsageCounts
@@ -130,7 +131,7 @@ class JobService:
         parent = await self._owned(job_id, by, owner_only=False)
         request = await self._request_of(parent)
         return await self.submit(
-            VideoRequest(**{**request.__dict__, "seed": random.randint(0, MAX_SEED)}),
+            dataclasses.replace(request, seed=random.randint(0, MAX_SEED)),
             by,
             kind="reroll",
             parent_id=parent.id,
@@ -138,8 +139,6 @@ class JobService:
 
     async def extend(self, job_id: int, by: Origin, seconds: int = 5) -> Job:
         """Continue a finished clip from its last frame; the result is the whole, longer clip."""
-        from bot.media import last_frame_png
-
         parent = await self._owned(job_id, by, owner_only=False)
         if parent.job_state is not JobState.SUCCEEDED or not parent.output_path or not Path(parent.output_path).exists():
             raise InvalidRequest(f"Job #{job_id} has no finished clip to extend.")
@@ -147,16 +146,7 @@ class JobService:
             raise InvalidRequest(f"An extension is 1 to {EXTENSION_MAX_S} seconds (got {seconds}).")
         frame = await asyncio.to_thread(last_frame_png, Path(parent.output_path))
         image = ImageInput(data=frame, mime="image/png", width=parent.width, height=parent.height)
-        request = VideoRequest(
-            prompt=parent.prompt,
-            duration_s=seconds,
-            resolution=Resolution(parent.width, parent.height),
-            fps=parent.fps,
-            seed=parent.seed,
-            negative_prompt=parent.negative_prompt,
-            quality=Quality(parent.quality),
-            image=image,
-        )
+        request = dataclasses.replace(await self._request_of(parent, image=image), duration_s=seconds)
         return await self.submit(request, by, kind="extend", parent_id=parent.id)
 
     # -- changing and reading jobs ----------------------------------------------------------
@@ -198,11 +188,8 @@ class JobService:
     async def active_jobs(self, origin: Origin) -> list[Job]:
         """The person's unfinished jobs; an admin sees the whole workspace's."""
         if self.is_admin(origin):
-            return await self.db.run(self.db.repo.active_in_workspace, origin.platform, origin.workspace_id)
-        return await self.db.run(self.db.repo.active_for_user, origin.platform, origin.user_id)
-
-    async def queue_position(self, job: Job) -> int:
-        return await self.db.run(self.db.repo.queue_position, job)
+            return await self.db.run(self.db.repo.active, origin.platform, workspace_id=origin.workspace_id)
+        return await self.db.run(self.db.repo.active, origin.platform, user_id=origin.user_id)
 
     async def usage_text(self, origin: Origin) -> str:
         """A usage report: the person's own, or everyone's in the workspace for an admin."""
@@ -408,9 +395,9 @@ class JobService:
             raise NotAllowed(f"Job #{job_id} belongs to someone else; only they or an admin can change it.")
         return job
 
-    async def _request_of(self, job: Job) -> VideoRequest:
-        image = None
-        if job.image_path:
+    async def _request_of(self, job: Job, *, image: ImageInput | None = None) -> VideoRequest:
+        """The request a stored job was made from; ``image`` replaces the job's own image."""
+        if image is None and job.image_path:
             data = await asyncio.to_thread(Path(job.image_path).read_bytes)
             image = ImageInput(data=data, mime=job.image_mime or "image/png", width=job.width, height=job.height)
         return VideoRequest(

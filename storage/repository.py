@@ -163,25 +163,15 @@ class JobRepository:
                 query = query.where(col(Job.state).in_([s.value for s in states]))
             return list(session.exec(query))
 
-    def active_for_user(self, platform: str, user_id: str) -> list[Job]:
+    def active(self, platform: str, *, user_id: str | None = None, workspace_id: str | None = None) -> list[Job]:
+        """Unfinished jobs of one user, or of a whole workspace, oldest first."""
         with self._session() as session:
-            query = (
-                select(Job)
-                .where(Job.platform == platform, Job.user_id == user_id)
-                .where(col(Job.state).in_([s.value for s in ACTIVE_STATES]))
-                .order_by(col(Job.id))
-            )
-            return list(session.exec(query))
-
-    def active_in_workspace(self, platform: str, workspace_id: str) -> list[Job]:
-        with self._session() as session:
-            query = (
-                select(Job)
-                .where(Job.platform == platform, Job.workspace_id == workspace_id)
-                .where(col(Job.state).in_([s.value for s in ACTIVE_STATES]))
-                .order_by(col(Job.id))
-            )
-            return list(session.exec(query))
+            query = select(Job).where(Job.platform == platform, col(Job.state).in_([s.value for s in ACTIVE_STATES]))
+            if user_id is not None:
+                query = query.where(Job.user_id == user_id)
+            if workspace_id is not None:
+                query = query.where(Job.workspace_id == workspace_id)
+            return list(session.exec(query.order_by(col(Job.id))))
 
     def queued_heads(self, platforms: Sequence[str] | None, exclude: Iterable[int] = ()) -> list[Job]:
         """The oldest queued job of each user: the candidates a fair dispatcher chooses among."""
@@ -206,12 +196,6 @@ class JobRepository:
             if platforms is not None:
                 query = query.where(col(Job.platform).in_(list(platforms)))
             return list(session.exec(query.order_by(col(Job.id))))
-
-    def queue_position(self, job: Job) -> int:
-        """How many queued jobs were accepted before this one."""
-        with self._session() as session:
-            query = select(func.count()).where(Job.state == JobState.QUEUED.value, col(Job.id) < (job.id or 0))
-            return int(session.exec(query).one())
 
     def count_by_state(self) -> dict[str, int]:
         with self._session() as session:
