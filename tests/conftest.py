@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,16 @@ from bot.settings import Settings
 from tests.fakes.webhook_receiver import WebhookReceiver
 
 SettingsFactory = Callable[..., Settings]
+
+
+def subprocess_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The environment for a `videobot` subprocess: this machine's, minus any videobot, provider
+    or platform setting, plus a data folder and limits file of the test's own."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WAN_", "VIDEOBOT_", "SLACK_", "DISCORD_"))}
+    env.update(VIDEOBOT_DATA_DIR=str(tmp_path / "data"), VIDEOBOT_LIMITS=str(tmp_path / "videobot.toml"),
+               VIDEOBOT_POLL_INTERVAL="0.2")
+    env.update(extra)
+    return env
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 import struct
 import subprocess
 import sys
@@ -15,16 +14,13 @@ import pytest
 from PIL import Image
 
 from bot.media import probe
+from tests.conftest import subprocess_env
 
 pytestmark = pytest.mark.timeout(120)
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WAN_", "VIDEOBOT_", "SLACK_", "DISCORD_"))}
-    env.update(VIDEOBOT_DATA_DIR=str(tmp_path / "data"), VIDEOBOT_LIMITS=str(tmp_path / "videobot.toml"),
-               VIDEOBOT_POLL_INTERVAL="0.2", VIDEOBOT_LOG_LEVEL="WARNING", COLUMNS="120")
-    env.update(extra)
-    return env
+    return subprocess_env(tmp_path, VIDEOBOT_LOG_LEVEL="WARNING", COLUMNS="120", **extra)
 
 
 def videobot(tmp_path: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 100) -> subprocess.CompletedProcess[str]:

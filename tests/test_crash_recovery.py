@@ -8,7 +8,6 @@ way Discord honours a nonce. Provider tasks are counted to show none was submitt
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import socket
 import sys
@@ -19,6 +18,7 @@ import httpx
 import pytest
 
 from bot.media import probe
+from tests.conftest import subprocess_env
 from tests.fakes.webhook_receiver import WebhookReceiver
 
 pytestmark = pytest.mark.timeout(150)
@@ -33,11 +33,7 @@ def _free_port() -> int:
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WAN_", "VIDEOBOT_", "SLACK_", "DISCORD_"))}
-    env.update(VIDEOBOT_DATA_DIR=str(tmp_path / "data"), VIDEOBOT_LIMITS=str(tmp_path / "videobot.toml"),
-               VIDEOBOT_POLL_INTERVAL="0.2", VIDEOBOT_PROGRESS_INTERVAL="0.5", VIDEOBOT_LOG_LEVEL="INFO")
-    env.update(extra)
-    return env
+    return subprocess_env(tmp_path, VIDEOBOT_PROGRESS_INTERVAL="0.5", VIDEOBOT_LOG_LEVEL="INFO", **extra)
 
 
 @pytest.fixture
