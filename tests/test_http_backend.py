@@ -591,5 +591,5 @@ async def test_api_key_appears_in_no_error_repr_or_log_record(
     assert KEY not in repr(backend) + str(backend)
     assert "HttpBackend(name='http', model='wan-2.6'" in repr(backend)
     # The autouse fixture checks every record; make sure the libraries' DEBUG logs were there.
-    assert {"httpx", "httpcore.http11", "bot.backends.http"} <= {r.name for r in caplog.records}
+    assert {"httpx", "httpcore.http11", "bot.backends._client"} <= {r.name for r in caplog.records}
     assert len(provider.requests_to("t2v")) == 9
