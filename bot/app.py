@@ -85,9 +85,48 @@ async def build_backend(settings: Settings, embedded: _Embedded) -> Backend:
                 "VIDEOBOT_PRESET must be quality or fast, and VIDEOBOT_OFFLOAD none, model or group."
             ) from None
         return await DiffusersBackend.open(settings.videobot_model, settings.media_dir / "gpu", options)
+    if settings.backend in HOSTED:
+        return hosted_backend(settings.backend, settings, name=settings.backend)
     raise ConfigurationError(
-        f"VIDEOBOT_BACKEND={settings.backend!r} is not a backend; use http, simulator or diffusers."
+        f"VIDEOBOT_BACKEND={settings.backend!r} is not a backend; use http, simulator, diffusers, "
+        f"{', '.join(HOSTED)}."
     )
+
+
+HOSTED = ("dashscope", "fal", "replicate")
+"""Hosted providers with a module of their own in ``bot/backends``."""
+
+
+def hosted_backend(
+    kind: str,
+    settings: Settings,
+    *,
+    name: str,
+    t2v_model: str | None = None,
+    i2v_model: str | None = None,
+    max_concurrency: int | None = None,
+) -> Backend:
+    """A hosted provider's backend. Models: the arguments, else ``VIDEOBOT_T2V_MODEL`` /
+    ``VIDEOBOT_I2V_MODEL``, else the backend's defaults; keys come from ``settings`` only."""
+    options = {
+        "name": name,
+        "t2v_model": t2v_model or settings.t2v_model or None,
+        "i2v_model": i2v_model or settings.i2v_model or None,
+        "max_concurrency": max_concurrency or settings.max_concurrency or None,
+    }
+    if kind == "dashscope":
+        from bot.backends.dashscope import DashScopeBackend
+
+        return DashScopeBackend.from_settings(settings, **options)
+    if kind == "fal":
+        from bot.backends.fal import FalBackend
+
+        return FalBackend.from_settings(settings, **options)
+    if kind == "replicate":
+        from bot.backends.replicate import ReplicateBackend
+
+        return ReplicateBackend.from_settings(settings, **options)
+    raise ConfigurationError(f"{kind!r} is not a hosted backend; use {', '.join(HOSTED)}.")
 
 
 class Adapter(Protocol):

@@ -16,6 +16,7 @@ drops EXIF metadata, so a phone photo's GPS position never leaves the bot.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from io import BytesIO
 
 from PIL import Image, ImageOps
@@ -202,3 +203,49 @@ def load_image(
     out = BytesIO()
     rgb.save(out, format="JPEG", quality=_JPEG_QUALITY)
     return ImageInput(data=out.getvalue(), mime="image/jpeg", width=rgb.width, height=rgb.height)
+
+
+@dataclass(frozen=True)
+class ImageRules:
+    """What a provider accepts as an input image: side lengths, file size and formats."""
+
+    min_side: int = 1
+    max_side: int = 4096
+    max_bytes: int = 10 * 1024 * 1024
+    mimes: tuple[str, ...] = ("image/jpeg", "image/png", "image/webp")
+
+
+def fit_image(data: bytes, mime: str, rules: ImageRules) -> tuple[bytes, str]:
+    """``data`` as a provider accepts it: sides within ``rules`` (scaled, keeping the aspect),
+    a format it takes, and at most ``max_bytes`` (JPEG quality steps down until it fits).
+
+    Images reaching a backend were already checked by ``load_image`` or cut from our own clip,
+    so this only reshapes; an image that still cannot fit raises ``InvalidRequest``.
+    Blocking: call it in a thread.
+    """
+    with Image.open(BytesIO(data)) as opened:
+        image = _to_rgb(opened)
+    width, height = image.size
+    scale = min(1.0, rules.max_side / max(width, height))
+    if min(width, height) * scale < rules.min_side:
+        scale = rules.min_side / min(width, height)
+    if max(width, height) * scale > rules.max_side + 0.5:
+        raise InvalidRequest(
+            f"The image is {width}x{height}; its shape is too long and thin for this model "
+            f"(each side must be {rules.min_side}–{rules.max_side} px)."
+        )
+    if scale != 1.0:
+        image = image.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.LANCZOS)
+    elif mime in rules.mimes and len(data) <= rules.max_bytes:
+        return data, mime
+    target = mime if mime in rules.mimes and mime != "image/jpeg" else "image/jpeg"
+    for quality in (_JPEG_QUALITY, 80, 70, 60):
+        out = BytesIO()
+        if target == "image/jpeg":
+            image.save(out, format="JPEG", quality=quality)
+        else:
+            image.save(out, format=target.split("/")[1].upper())
+        if out.tell() <= rules.max_bytes:
+            return out.getvalue(), target
+        target = "image/jpeg"
+    raise InvalidRequest(f"The image cannot be made smaller than {_megabytes(rules.max_bytes)} for this model.")

@@ -110,10 +110,21 @@ class GenerationSpec:
     guidance_scale: float | None = None
     num_inference_steps: int | None = None
     motion_strength: float | None = None
+    model: str = ""
+    """The provider's model id for this mode (hosted backends); empty for our own generators."""
+    audio: bool = False
+    """Make sound: True when the model makes it and the person did not ask for ``--silent``."""
 
     @property
     def mode(self) -> Mode:
         return Mode.IMAGE_TO_VIDEO if self.image is not None else Mode.TEXT_TO_VIDEO
+
+    @property
+    def tier(self) -> str:
+        """``480p``, ``720p`` or ``1080p``: how providers that take a tier name the size."""
+        from bot.catalog import tier_of
+
+        return tier_of(Resolution(self.width, self.height))
 
 
 class TaskStatus(StrEnum):

@@ -34,6 +34,17 @@ class Settings:
     wan_api_base_url: str = ""
     wan_api_key: str = field(default="", repr=False)
     wan_model: str = "wan-2.6"
+    # hosted providers (VIDEOBOT_BACKEND=dashscope, fal or replicate); keys stay in the environment
+    dashscope_api_key: str = field(default="", repr=False)
+    dashscope_base_url: str = "https://dashscope-intl.aliyuncs.com/api/v1"
+    fal_key: str = field(default="", repr=False)
+    fal_host: str = "queue.fal.run"
+    ssl_cert_file: str = ""
+    replicate_api_token: str = field(default="", repr=False)
+    replicate_base_url: str = "https://api.replicate.com"
+    # the provider model ids for each mode; empty: the backend's default (bot/catalog.py)
+    t2v_model: str = ""
+    i2v_model: str = ""
     # storage: any SQLAlchemy URL; by default a SQLite file in the data folder
     database_url: str = ""
     data_dir: Path = Path("./videobot-data")
@@ -82,6 +93,9 @@ class Settings:
             s
             for s in (
                 self.wan_api_key,
+                self.dashscope_api_key,
+                self.fal_key,
+                self.replicate_api_token,
                 self.api_key,
                 self.slack_bot_token,
                 self.slack_app_token,
@@ -103,6 +117,15 @@ class Settings:
             wan_api_base_url=base_url,
             wan_api_key=_str("WAN_API_KEY"),
             wan_model=_str("WAN_MODEL", "wan-2.6"),
+            dashscope_api_key=_str("DASHSCOPE_API_KEY"),
+            dashscope_base_url=_str("DASHSCOPE_HTTP_BASE_URL", "https://dashscope-intl.aliyuncs.com/api/v1"),
+            fal_key=_str("FAL_KEY"),
+            fal_host=_str("FAL_QUEUE_RUN_HOST", "queue.fal.run"),
+            ssl_cert_file=_str("SSL_CERT_FILE"),
+            replicate_api_token=_str("REPLICATE_API_TOKEN"),
+            replicate_base_url=_str("REPLICATE_BASE_URL", "https://api.replicate.com"),
+            t2v_model=_str("VIDEOBOT_T2V_MODEL"),
+            i2v_model=_str("VIDEOBOT_I2V_MODEL"),
             database_url=_str("DATABASE_URL"),
             data_dir=Path(_str("VIDEOBOT_DATA_DIR", "./videobot-data")),
             limits_path=Path(_str("VIDEOBOT_LIMITS", "videobot.toml")),

@@ -6,10 +6,12 @@ it never submits again, because a resubmit costs money.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from bot.models import GenerationSpec, TaskState
+from bot.catalog import ModelSpec
+from bot.models import GenerationSpec, Mode, TaskState
 
 
 @runtime_checkable
@@ -26,8 +28,16 @@ class Backend(Protocol):
     max_segment_s: int
     """The longest clip one task can make; longer requests are stitched from segments."""
 
+    models: Mapping[Mode, ModelSpec]
+    """What runs each mode here and what it accepts (``bot.catalog``): requests are checked
+    against it before admission, and clips against it after generation."""
+
     async def submit(self, spec: GenerationSpec) -> str:
-        """Start a task and return its id. Raises ``BackendError``."""
+        """Start a task and return its id. Raises ``BackendError``.
+
+        The id is stored in the same write as the job's move to ``submitted`` and is all a
+        later process has to resume the task: a backend that needs more than the provider's
+        id (fal's status and result URLs) packs it into this string."""
         ...
 
     async def poll(self, task_id: str) -> TaskState:

@@ -25,7 +25,8 @@ import httpx
 
 from bot.backends._client import ProviderClient, clip_text, progress_fraction, response_json
 from bot.errors import BackendError
-from bot.models import GenerationSpec, Quality, TaskState, TaskStatus
+from bot.catalog import own_generator
+from bot.models import GenerationSpec, Mode, Quality, TaskState, TaskStatus
 
 __all__ = ["HttpBackend"]
 
@@ -73,6 +74,8 @@ class HttpBackend:
         self.model = model
         self.max_concurrency = max_concurrency
         self.max_segment_s = max_segment_s
+        own = own_generator(model, max_segment_s)
+        self.models = {Mode.TEXT_TO_VIDEO: own, Mode.IMAGE_TO_VIDEO: own}
         self._client = ProviderClient(
             base_url,
             auth_headers={"Authorization": f"Bearer {api_key}"} if api_key else None,

@@ -21,7 +21,8 @@ from pathlib import Path
 from bot.errors import BackendError, VideobotError
 from bot.gpu.generator import DiffusersGenerator
 from bot.gpu.pipeline import LoadOptions
-from bot.models import GenerationSpec, TaskState, TaskStatus
+from bot.catalog import own_generator
+from bot.models import GenerationSpec, Mode, TaskState, TaskStatus
 from bot.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,8 @@ class DiffusersBackend:
         family = generator.model.family
         self.label = f"{family.label} (local GPU, {generator.model.options.preset.value})"
         self.max_segment_s = family.segment_s
+        own = own_generator(self.label, family.segment_s)
+        self.models = {Mode.TEXT_TO_VIDEO: own, Mode.IMAGE_TO_VIDEO: own}
         self._tasks: dict[str, _Task] = {}
 
     @classmethod
