@@ -17,10 +17,10 @@ from aiohttp import web
 from bot.backends.base import Backend
 from bot.database import Database
 from bot.errors import ConfigurationError
-from bot.limits import LimitsStore
+from bot.limits import LimitsConfig, LimitsStore
 from bot.metrics import build_ops_app
 from bot.runner import Runner, RunnerOptions
-from bot.service import JobService
+from bot.service import Generator, JobService
 from bot.settings import Settings
 from storage.engine import make_engine, upgrade
 from storage.repository import JobRepository
@@ -42,18 +42,66 @@ class _Embedded:
         self.runners.clear()
 
 
-async def build_backend(settings: Settings, embedded: _Embedded) -> Backend:
-    """The backend ``VIDEOBOT_BACKEND`` names; the simulator runs in process on loopback."""
+async def build_generators(
+    settings: Settings, config: LimitsConfig, embedded: _Embedded
+) -> tuple[dict[str, Generator], str]:
+    """The generators by name and the default one.
+
+    With ``[backends.NAME]`` tables in the limits file, one per table (the first is the default
+    wherever a scope names none); without them, the one ``VIDEOBOT_BACKEND`` names, exactly as
+    before. Keys always come from the environment.
+    """
+    tables = config.backends
+    if not tables:
+        backend = await build_backend(settings, embedded)
+        return {backend.name: Generator(backend)}, backend.name
+    generators: dict[str, Generator] = {}
+    for table in tables:
+        if table.type in HOSTED:
+            backend = hosted_backend(
+                table.type,
+                settings,
+                name=table.name,
+                t2v_model=table.t2v_model,
+                i2v_model=table.i2v_model,
+                max_concurrency=table.concurrency,
+            )
+        else:
+            backend = await build_backend(
+                settings, embedded, kind=table.type, name=table.name, model=table.t2v_model, concurrency=table.concurrency
+            )
+        if table.label:
+            backend.label = table.label
+        generators[table.name] = Generator(backend, tier=table.resolution, price_per_s=table.price_per_second)
+    return generators, tables[0].name
+
+
+async def build_backend(
+    settings: Settings,
+    embedded: _Embedded,
+    *,
+    kind: str | None = None,
+    name: str | None = None,
+    model: str | None = None,
+    concurrency: int | None = None,
+) -> Backend:
+    """The backend ``kind`` (default: ``VIDEOBOT_BACKEND``) names; the simulator runs in process
+    on loopback."""
     from bot.backends.http import HttpBackend
 
-    concurrency = settings.max_concurrency or 4
-    if settings.backend == "http":
+    kind = kind or settings.backend
+    concurrency = concurrency or settings.max_concurrency or 4
+    if kind == "http":
         if not settings.wan_api_base_url:
             raise ConfigurationError("VIDEOBOT_BACKEND=http needs WAN_API_BASE_URL (the provider's /v1 URL).")
         return HttpBackend(
-            settings.wan_api_base_url, settings.wan_api_key, model=settings.wan_model, max_concurrency=concurrency
+            settings.wan_api_base_url,
+            settings.wan_api_key,
+            model=model or settings.wan_model,
+            name=name or "http",
+            max_concurrency=concurrency,
         )
-    if settings.backend == "simulator":
+    if kind == "simulator":
         from bot.provider.server import bound_port, serve_provider
         from bot.provider.simulator import build_simulator_app
 
@@ -63,11 +111,11 @@ async def build_backend(settings: Settings, embedded: _Embedded) -> Backend:
         embedded.runners.append(runner)
         return HttpBackend(
             f"http://127.0.0.1:{bound_port(runner)}/v1",
-            name="simulator",
+            name=name or "simulator",
             label=SIMULATOR_LABEL,
             max_concurrency=concurrency,
         )
-    if settings.backend == "diffusers":
+    if kind == "diffusers":
         from bot.gpu import DiffusersBackend, LoadOptions, Offload, Preset
 
         if not settings.videobot_model:
@@ -85,11 +133,10 @@ async def build_backend(settings: Settings, embedded: _Embedded) -> Backend:
                 "VIDEOBOT_PRESET must be quality or fast, and VIDEOBOT_OFFLOAD none, model or group."
             ) from None
         return await DiffusersBackend.open(settings.videobot_model, settings.media_dir / "gpu", options)
-    if settings.backend in HOSTED:
-        return hosted_backend(settings.backend, settings, name=settings.backend)
+    if kind in HOSTED:
+        return hosted_backend(kind, settings, name=name or kind)
     raise ConfigurationError(
-        f"VIDEOBOT_BACKEND={settings.backend!r} is not a backend; use http, simulator, diffusers, "
-        f"{', '.join(HOSTED)}."
+        f"VIDEOBOT_BACKEND={kind!r} is not a backend; use http, simulator, diffusers, {', '.join(HOSTED)}."
     )
 
 
@@ -169,14 +216,18 @@ def freeze_startup_heap() -> None:
 
 
 class Core:
-    """The running core: one database, one backend, one service, one runner."""
+    """The running core: one database, its generators, one service, one runner."""
 
-    def __init__(self, settings: Settings, service: JobService, runner: Runner, backend: Backend, embedded: _Embedded):
+    def __init__(self, settings: Settings, service: JobService, runner: Runner, embedded: _Embedded):
         self.settings = settings
         self.service = service
         self.runner = runner
-        self.backend = backend
         self._embedded = embedded
+
+    @property
+    def backend(self) -> Backend:
+        """The default generator's backend."""
+        return self.service.generators[self.service.default_generator].backend
 
     @classmethod
     async def create(
@@ -187,21 +238,20 @@ class Core:
         platforms: Sequence[str] | None = None,
         only_job_ids: set[int] | None = None,
     ) -> "Core":
-        """Open (and migrate) the database, load the limits, build the backend; starts nothing yet."""
+        """Open (and migrate) the database, load the limits, build the generators; starts nothing
+        yet. ``backend`` replaces them with one given backend (tests)."""
         embedded = _Embedded()
         limits = LimitsStore(settings.limits_path)
         engine = make_engine(settings.database)
         upgrade(engine)
         db = Database(JobRepository(engine))
         settings.media_dir.mkdir(parents=True, exist_ok=True)
-        backend = backend or await build_backend(settings, embedded)
+        if backend is not None:
+            generators, default = {backend.name: Generator(backend)}, backend.name
+        else:
+            generators, default = await build_generators(settings, limits.current(), embedded)
         service = JobService(
-            db,
-            limits,
-            backend_name=backend.name,
-            backend_label=backend.label,
-            max_segment_s=backend.max_segment_s,
-            media_dir=settings.media_dir.resolve(),
+            db, limits, generators=generators, default_generator=default, media_dir=settings.media_dir.resolve()
         )
         options = RunnerOptions(
             poll_interval_s=settings.poll_interval_s,
@@ -210,8 +260,8 @@ class Core:
             max_download_bytes=settings.max_download_bytes,
             media_retention_days=settings.media_retention_days,
         )
-        runner = Runner(service, backend, options, platforms=platforms, only_job_ids=only_job_ids)
-        return cls(settings, service, runner, backend, embedded)
+        runner = Runner(service, options, platforms=platforms, only_job_ids=only_job_ids)
+        return cls(settings, service, runner, embedded)
 
     async def start(self, *, ops_port: int | None = None, ops_host: str = "0.0.0.0") -> None:
         """Resume unfinished jobs and start dispatching; serve /healthz and /metrics if a port is given."""
@@ -234,6 +284,7 @@ class Core:
             "status": "ok",
             "backend": self.backend.name,
             "backend_label": self.backend.label,
+            "backends": {name: g.backend.label for name, g in self.service.generators.items()},
             "queued": counts.get("queued", 0),
             "in_flight": self.runner.active_count,
             "platforms": sorted(self.service.notifiers),
@@ -244,6 +295,7 @@ class Core:
 
     async def stop(self) -> None:
         await self.runner.stop()
-        await self.backend.aclose()
+        for generator in self.service.generators.values():
+            await generator.backend.aclose()
         await self._embedded.close()
         self.service.db.close()

@@ -11,19 +11,18 @@ from __future__ import annotations
 import difflib
 import re
 
+from bot.catalog import TIER_SIZES, TIERS
 from bot.errors import InvalidRequest
 from bot.models import ImageInput, Quality, Resolution, VideoRequest
 
 DEFAULT_DURATION_S = 5
 ALLOWED_FPS = (16, 24)
 MAX_SEED = 2**31 - 1
-ASPECTS: dict[str, Resolution] = {
-    "16:9": Resolution(1280, 720),
-    "9:16": Resolution(720, 1280),
-    "1:1": Resolution(960, 960),
-}
-VALUE_OPTIONS = ("duration", "aspect", "resolution", "fps", "seed", "negative")
-FLAG_OPTIONS = ("hq",)
+DEFAULT_TIER = "720p"
+ASPECTS: dict[str, Resolution] = {a: TIER_SIZES[DEFAULT_TIER][a] for a in ("16:9", "9:16", "1:1")}
+"""The common shapes at the default tier, for platforms that offer them as choices."""
+VALUE_OPTIONS = ("duration", "aspect", "resolution", "fps", "seed", "negative", "model")
+FLAG_OPTIONS = ("hq", "silent")
 ALIASES = {"d": "duration", "ar": "aspect", "res": "resolution", "neg": "negative"}
 
 HELP_TEXT = """\
@@ -34,10 +33,12 @@ Make a short video from a description, or animate an image.
 Options (all optional):
   --duration N       seconds of video (default 5)
   --aspect A         16:9 (1280x720, default), 9:16 (720x1280) or 1:1 (960x960)
-  --resolution WxH   an exact size instead of --aspect, e.g. 832x480
-  --fps N            16 or 24 (default: 16, or what this workspace sets)
+  --resolution R     480p, 720p or 1080p (with --aspect), or an exact size such as 832x480
+  --fps N            a frame rate the model makes (default: the first one allowed here)
   --seed N           repeat a result exactly
   --negative "..."   what to keep out of the video
+  --model NAME       one of the generators this workspace offers
+  --silent           no sound, on models that make it
   --hq               higher quality, slower
 
 Attach an image (or mention the bot on a message with one) to animate it."""
@@ -59,6 +60,8 @@ def parse_request(text: str, *, image: ImageInput | None = None) -> VideoRequest
         seed=options.get("seed"),
         negative=options.get("negative"),
         hq="hq" in options,
+        model=options.get("model"),
+        silent="silent" in options,
         image=image,
     )
 
@@ -96,24 +99,32 @@ def build_request(
     seed: int | str | None = None,
     negative: str | None = None,
     hq: bool = False,
+    model: str | None = None,
+    silent: bool = False,
     image: ImageInput | None = None,
 ) -> VideoRequest:
-    """Check each option and build the request. Limits that vary by workspace (longest
-    duration, allowed sizes, prompt length) are checked later by the service."""
+    """Check each option and build the request. What varies by workspace and model (longest
+    duration, allowed sizes and rates, which backends) is checked later by the service."""
     prompt = prompt.strip()
     if not prompt:
         raise InvalidRequest(
             "Describe the video you want, e.g. `a red fox running through fresh snow --duration 8`."
         )
+    shape, tier, size = _shape(aspect, resolution, image)
     return VideoRequest(
         prompt=prompt,
         duration_s=_duration(duration),
-        resolution=_resolution(aspect, resolution, image),
+        resolution=size or TIER_SIZES[tier or DEFAULT_TIER][shape],
         fps=_fps(fps),
         seed=_seed(seed),
         negative_prompt=(negative or "").strip(),
         quality=Quality.HIGH if hq else Quality.STANDARD,
         image=image,
+        aspect=shape,
+        tier=tier,
+        exact_size=size is not None,
+        backend=_model(model),
+        silent=silent,
     )
 
 
@@ -156,6 +167,7 @@ def _example(name: str) -> str:
         "fps": "--fps 24",
         "seed": "--seed 7",
         "negative": '--negative "blurry, text"',
+        "model": "--model final",
     }[name]
 
 
@@ -182,8 +194,17 @@ def _fps(value: int | str | None) -> int | None:
         return None
     fps = _whole_number("fps", value)
     if fps not in ALLOWED_FPS:
-        raise InvalidRequest(f"--fps must be 16 or 24 (got {fps}).")
+        raise InvalidRequest(f"--fps must be {' or '.join(map(str, ALLOWED_FPS))} (got {fps}).")
     return fps
+
+
+def _model(value: str | None) -> str | None:
+    if value is None:
+        return None
+    name = value.strip().lower()
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,39}", name):
+        raise InvalidRequest(f"--model must be the name of a generator, e.g. {_example('model')} (got '{value[:40]}').")
+    return name
 
 
 def _seed(value: int | str | None) -> int | None:
@@ -195,27 +216,37 @@ def _seed(value: int | str | None) -> int | None:
     return seed
 
 
-def _resolution(aspect: str | None, resolution: str | None, image: ImageInput | None) -> Resolution:
-    from_aspect: Resolution | None = None
+def _shape(
+    aspect: str | None, resolution: str | None, image: ImageInput | None
+) -> tuple[str, str | None, Resolution | None]:
+    """The aspect, the tier asked for (if any) and the exact size asked for (if any)."""
+    shape: str | None = None
     if aspect is not None:
-        from_aspect = ASPECTS.get(aspect.strip())
-        if from_aspect is None:
-            raise InvalidRequest(f"--aspect must be 16:9, 9:16 or 1:1 (got '{aspect}').")
-    if resolution is not None:
-        try:
-            size = Resolution.parse(resolution)
-        except ValueError:
-            raise InvalidRequest(
-                f"--resolution must look like 1280x720 (got '{resolution}')."
-            ) from None
-        if from_aspect is not None and _orientation(size) != _orientation(from_aspect):
-            raise InvalidRequest(f"--aspect {aspect} and --resolution {size} disagree; give one of them.")
-        return size
-    if from_aspect is not None:
-        return from_aspect
-    if image is not None:
-        return ASPECTS[_closest_aspect(image.width, image.height)]
-    return ASPECTS["16:9"]
+        shape = aspect.strip()
+        if shape not in TIER_SIZES[DEFAULT_TIER]:
+            raise InvalidRequest(f"--aspect must be {', '.join(TIER_SIZES[DEFAULT_TIER])} (got '{aspect}').")
+    if resolution is None:
+        return shape or _image_aspect(image), None, None
+    text = resolution.strip().lower()
+    if text in TIERS or (text.isdigit() and f"{text}p" in TIERS):
+        tier = text if text in TIERS else f"{text}p"
+        shape = shape or _image_aspect(image)
+        if shape not in TIER_SIZES[tier]:
+            raise InvalidRequest(f"--aspect {shape} has no {tier} size; choose {', '.join(TIER_SIZES[tier])}.")
+        return shape, tier, None
+    try:
+        size = Resolution.parse(resolution)
+    except ValueError:
+        raise InvalidRequest(
+            f"--resolution must be {', '.join(TIERS)} or a size like 1280x720 (got '{resolution}')."
+        ) from None
+    if shape is not None and _orientation(size) != _orientation(TIER_SIZES[DEFAULT_TIER][shape]):
+        raise InvalidRequest(f"--aspect {aspect} and --resolution {size} disagree; give one of them.")
+    return shape or _closest_aspect(size.width, size.height), None, size
+
+
+def _image_aspect(image: ImageInput | None) -> str:
+    return _closest_aspect(image.width, image.height) if image is not None else "16:9"
 
 
 def _orientation(size: Resolution) -> str:

@@ -36,6 +36,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
+from bot.catalog import TIERS, tier_of
 from bot.models import Origin, Resolution
 
 log = logging.getLogger(__name__)
@@ -76,10 +77,18 @@ def _zone_name(text: str) -> str:
 
 
 def _resolution(text: str) -> str:
+    if text.strip().lower() in TIERS:
+        return text.strip().lower()
     size = Resolution.parse(text)
     if not all(0 < side <= MAX_SIDE and side % 16 == 0 for side in (size.width, size.height)):
         raise ValueError("sides must be multiples of 16")
     return str(size)
+
+
+def _backend_name(text: str) -> str:
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,39}", text):
+        raise ValueError("lowercase letters, digits, - and _")
+    return text
 
 
 def _not_blank(text: str) -> str:
@@ -91,6 +100,7 @@ def _not_blank(text: str) -> str:
 _ScopedId = Annotated[str, AfterValidator(_scoped_id)]
 _Text = Annotated[str, AfterValidator(_not_blank)]
 _ResolutionText = Annotated[str, AfterValidator(_resolution)]
+_BackendName = Annotated[str, AfterValidator(_backend_name)]
 _Count = Annotated[int, Field(ge=0)]
 _Usd = Annotated[float, Field(ge=0)]
 
@@ -117,6 +127,8 @@ class _Limits(_Table):
     allowed_channels: list[_Text] | None = None
     user_monthly_budget_usd: _Usd | None = None
     workspace_monthly_budget_usd: _Usd | None = None
+    backend: _BackendName | None = None
+    backends: list[_BackendName] | None = None
 
 
 class _Workspace(_Limits):
@@ -131,6 +143,18 @@ class _Pricing(_Table):
     diffusers: _Usd = 0.0
 
 
+class _Backend(_Table):
+    """One generator the bot runs. Keys and secrets stay in the environment."""
+
+    type: Literal["dashscope", "fal", "replicate", "http", "simulator"]
+    t2v_model: _Text | None = None
+    i2v_model: _Text | None = None
+    concurrency: Annotated[int, Field(ge=1, le=64)] | None = None
+    price_per_second: _Usd | None = None
+    resolution: Literal["480p", "720p", "1080p"] = "720p"
+    label: _Text | None = None
+
+
 class _File(_Table):
     timezone: Annotated[str, AfterValidator(_zone_name)] = "UTC"
     admins: list[_ScopedId] = []
@@ -139,6 +163,7 @@ class _File(_Table):
     max_image_mb: Annotated[float, Field(gt=0)] = 20
     max_image_megapixels: Annotated[float, Field(gt=0)] = 100
     pricing: _Pricing = _Pricing()
+    backends: dict[_BackendName, _Backend] = {}
     defaults: _Limits = _Limits()
     workspaces: dict[_ScopedId, _Workspace] = {}
 
@@ -156,6 +181,7 @@ _BUILTIN_LIMITS = _Limits(
     allowed_channels=[],
     user_monthly_budget_usd=0,
     workspace_monthly_budget_usd=0,
+    backends=[],
 )
 """The widest scope: what applies when the file (or its [defaults]) leaves a key out."""
 
@@ -175,10 +201,19 @@ _RULES = {
     "simulator": "a price >= 0 in USD per second",
     "diffusers": "a price >= 0 in USD per second",
     "defaults": "a table of limits",
+    "backends": "a table of generators named by lowercase names, or (in a scope) a list of their names",
+    "backend": "the name of a generator under [backends]",
+    "type": "one of dashscope, fal, replicate, http, simulator",
+    "t2v_model": "a model id from the model table",
+    "i2v_model": "a model id from the model table",
+    "concurrency": "an integer from 1 to 64",
+    "price_per_second": "a price >= 0 in USD per second",
+    "resolution": '"480p", "720p" or "1080p"',
+    "label": "a non-empty string",
     "workspaces": 'a table of workspaces named "platform:workspace_id"',
     "channels": "a table of channels named by channel ID",
     "max_duration_s": "an integer from 1 to 60",
-    "resolutions": 'a non-empty list of "WxH" sizes',
+    "resolutions": 'a non-empty list of "WxH" sizes or tiers ("480p", "720p", "1080p")',
     "fps": "a non-empty list of frame rates, each 16 or 24",
     "max_prompt_chars": "an integer >= 1",
     "blocked_terms": "a list of non-empty strings",
@@ -193,7 +228,8 @@ _RULES = {
 # One entry of a list, or one named table of a map.
 _ENTRY_RULES = {
     "admins": 'a "platform:user_id" string such as "slack:U0123ABCD"',
-    "resolutions": f'"WxH" with width and height multiples of 16 up to {MAX_SIDE}, such as "1280x720"',
+    "resolutions": f'a tier ("480p", "720p", "1080p") or "WxH" with sides multiples of 16 up to {MAX_SIDE}, such as "1280x720"',
+    "backends": "a lowercase generator name such as \"final\"",
     "fps": "16 or 24",
     "blocked_terms": "a non-empty string",
     "allowed_channels": "a non-empty channel ID",
@@ -204,6 +240,7 @@ _ENTRY_RULES = {
 _NAME_RULES = {
     "workspaces": '"platform:workspace_id", such as "slack:T0123ABCD" or "discord:123456789012345678"',
     "channels": "a non-empty channel ID",
+    "backends": "lowercase letters, digits, - and _",
 }
 
 
@@ -296,6 +333,28 @@ class EffectiveLimits:
     allowed_channels: tuple[str, ...]
     user_monthly_budget_usd: float | None
     workspace_monthly_budget_usd: float | None
+    backend: str | None = None
+    """The generator used here when the person names none; None: the bot's default."""
+    backends: tuple[str, ...] = ()
+    """The generators a person may pick here with ``--model``; empty: all of them."""
+
+    def allows_size(self, size: Resolution) -> bool:
+        """A size is allowed when it is listed, or its tier is."""
+        return str(size) in self.resolutions or tier_of(size) in self.resolutions
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """One ``[backends.NAME]`` table: what to build at start (keys come from the environment)."""
+
+    name: str
+    type: str
+    t2v_model: str | None
+    i2v_model: str | None
+    concurrency: int | None
+    price_per_second: float | None
+    resolution: str
+    label: str | None
 
 
 class LimitsConfig:
@@ -351,16 +410,27 @@ class LimitsConfig:
             allowed_channels=tuple(merged["allowed_channels"]),
             user_monthly_budget_usd=merged["user_monthly_budget_usd"] or None,
             workspace_monthly_budget_usd=merged["workspace_monthly_budget_usd"] or None,
+            backend=merged.get("backend"),
+            backends=tuple(merged["backends"]),
         )
+
+    @property
+    def backends(self) -> list[BackendConfig]:
+        """The ``[backends]`` tables in file order; empty when the file declares none."""
+        return [BackendConfig(name=name, **table.model_dump()) for name, table in self._file.backends.items()]
 
     def is_admin(self, origin: Origin) -> bool:
         """Admins are exempt from every limit: the platform said so (the adapter decides, e.g.
         Discord's Manage Server when ``discord_manage_server_is_admin``) or the file lists them."""
         return origin.is_admin or origin.user_key in self._admins
 
-    def price_per_second(self, backend: str) -> float:
-        """USD per second of output video; a backend the file cannot price costs nothing."""
-        return self._prices.get(backend, 0.0)
+    def price_per_second(self, backend: str) -> float | None:
+        """USD per second of output video as the file sets it (``[backends.X].price_per_second``
+        or ``[pricing]``); None when it sets none and the model table's list price applies."""
+        table = self._file.backends.get(backend)
+        if table is not None and table.price_per_second is not None:
+            return table.price_per_second
+        return self._prices.get(backend)
 
 
 def load_limits(path: Path) -> LimitsConfig:

@@ -118,20 +118,24 @@ def probe(path: Path) -> ClipInfo:
         )
 
 
-def check_clip(info: ClipInfo, *, duration_s: float, width: int, height: int, fps: int) -> None:
+def check_clip(
+    info: ClipInfo, *, duration_s: float, width: int | None = None, height: int | None = None, fps: int | None = None
+) -> None:
     """Refuse a clip that is not what was asked for, naming every mismatch at once.
 
     Duration may drift by half a second or 10 % (models round to whole latent frames); size must
     be exact and fps within half a frame per second, since stitching and captions rely on them.
+    A hosted model decides its own size (image-to-video follows the image) and frame rate, so
+    for those the caller passes None and records what arrived instead.
     """
     if info.frames <= 0:
         raise BackendError("The generated video has no frames")
     problems: list[str] = []
-    if (info.width, info.height) != (width, height):
+    if width is not None and height is not None and (info.width, info.height) != (width, height):
         problems.append(f"it is {info.width}x{info.height} instead of {width}x{height}")
     if abs(info.duration_s - duration_s) > max(0.5, 0.1 * duration_s):
         problems.append(f"it lasts {info.duration_s:.1f} s instead of {duration_s:g} s")
-    if abs(info.fps - fps) > 0.5:
+    if fps is not None and abs(info.fps - fps) > 0.5:
         problems.append(f"it plays at {info.fps:.2f} fps instead of {fps}")
     if problems:
         raise BackendError("The generated video does not match the request: " + "; ".join(problems))

@@ -61,6 +61,16 @@ class VideoRequest:
     negative_prompt: str = ""
     quality: Quality = Quality.STANDARD
     image: ImageInput | None = None
+    aspect: str = "16:9"
+    """The shape asked for (or the image's): with ``tier`` it picks a model's size."""
+    tier: str | None = None
+    """A tier asked for (``--resolution 1080p``); None: the backend's default tier."""
+    exact_size: bool = False
+    """True when ``--resolution WxH`` named the size itself: no tier mapping applies."""
+    backend: str | None = None
+    """``--model NAME``: one of the backends the limits allow here; None: the default there."""
+    silent: bool = False
+    """``--silent``: no sound track, on models that make one."""
 
     @property
     def mode(self) -> Mode:

@@ -2,9 +2,10 @@
 
 Each job is driven by one asyncio task through ``queued → submitted → running → fetching →
 delivering → succeeded``; every step is idempotent given the stored state, so a restart
-simply drives each unfinished job again from where its row says it is. A stored task id is
-polled, never resubmitted. Dispatch is fair: among queued jobs it starts the oldest job of the
-user with the fewest jobs in flight, so one person's ten jobs don't starve another's one.
+simply drives each unfinished job again from where its row says it is, on the backend its row
+names. A stored task id is polled, never resubmitted. Dispatch is fair within each backend's
+concurrency: among queued jobs it starts the oldest job of the user with the fewest jobs in
+flight, so one person's ten jobs don't starve another's one.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from bot.database import Database
 from bot.errors import BackendError
 from bot.media import check_clip, concat, last_frame_png, probe
 from bot.metrics import Metrics
-from bot.models import Clip, ClipInfo, GenerationSpec, Quality, TaskState, TaskStatus
+from bot.catalog import ModelSpec
+from bot.models import Clip, ClipInfo, GenerationSpec, Mode, Quality, TaskState, TaskStatus
 from bot.notifier import ProgressUpdate, Stage
 from bot.service import JobService
 from storage.repository import StaleTransition
@@ -66,7 +68,6 @@ class Runner:
     def __init__(
         self,
         service: JobService,
-        backend: Backend,
         options: RunnerOptions,
         *,
         metrics: Metrics | None = None,
@@ -74,16 +75,18 @@ class Runner:
         only_job_ids: set[int] | None = None,
     ) -> None:
         """``platforms`` limits the runner to jobs whose notifiers this process has (None: the
-        registered ones); ``only_job_ids`` lets the CLI drive just the job it made."""
+        registered ones); ``only_job_ids`` lets the CLI drive just the job it made. The backends
+        are the service's generators."""
         self.service = service
         self.db = service.db
-        self.backend = backend
+        self.backends: dict[str, Backend] = {name: g.backend for name, g in service.generators.items()}
         self.options = options
         self.metrics = metrics or Metrics()
         self._platforms = platforms
         self._only = only_job_ids
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._owners: dict[int, str] = {}
+        self._running_on: dict[int, str] = {}
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._scheduler = AsyncIOScheduler()
@@ -129,8 +132,9 @@ class Runner:
         task = self._tasks.get(job.id or 0)
         if task is not None:
             task.cancel()
-        if job.task_id:
-            await self.backend.cancel(job.task_id)
+        backend = self.backends.get(job.backend)
+        if job.task_id and backend is not None:
+            await backend.cancel(job.task_id)
 
     async def wait_idle(self) -> None:
         """Return once nothing is queued or running for this runner (tests and the CLI use it)."""
@@ -159,29 +163,35 @@ class Runner:
                 log.exception("dispatch failed; retrying on the next tick")
 
     async def _fill(self) -> None:
-        free = self.backend.max_concurrency - len(self._tasks)
-        if free <= 0:
+        busy = Counter(self._running_on.values())
+        free = {name: b.max_concurrency - busy[name] for name, b in self.backends.items()}
+        if all(n <= 0 for n in free.values()):
             return
         heads = [j for j in await self.db.run(self.db.repo.queued_heads, self.platforms, self._tasks) if self._wanted(j)]
         in_flight = Counter(self._owners.values())
-        while free > 0 and heads:
+        while heads:
             # round-robin: fewest jobs in flight first, then whoever was served longest ago
             heads.sort(key=lambda j: (in_flight[_user(j)], self._served.get(_user(j), -1), j.id))
             job = heads.pop(0)
+            if job.backend in free and free[job.backend] <= 0:
+                continue
             in_flight[_user(job)] += 1
             self._turn += 1
             self._served[_user(job)] = self._turn
             self._spawn(job)
-            free -= 1
+            if job.backend in free:
+                free[job.backend] -= 1
 
     def _spawn(self, job: Job) -> None:
         job_id = job.id or 0
         self._owners[job_id] = _user(job)
+        self._running_on[job_id] = job.backend
         self._tasks[job_id] = asyncio.create_task(self._drive(job), name=f"videobot-job-{job_id}")
 
     def _finished(self, job_id: int) -> None:
         self._tasks.pop(job_id, None)
         self._owners.pop(job_id, None)
+        self._running_on.pop(job_id, None)
         self._last_progress.pop(job_id, None)
         for path in [p for p in self._probed if p.parent.name == str(job_id)]:
             del self._probed[path]
@@ -203,7 +213,7 @@ class Runner:
         except asyncio.CancelledError:
             log.info("job %s: stopped", job_id)
         except BackendError as error:
-            self.metrics.backend_errors.labels(backend=self.backend.name, retryable=str(error.retryable)).inc()
+            self.metrics.backend_errors.labels(backend=job.backend, retryable=str(error.retryable)).inc()
             await self._fail(job_id, str(error))
         except Exception:
             log.exception("job %s: unexpected error", job_id)
@@ -223,10 +233,22 @@ class Runner:
             return await self._deliver(job)
         raise AssertionError(f"no step for {state}")
 
+    def _backend(self, job: Job) -> Backend:
+        backend = self.backends.get(job.backend)
+        if backend is None:
+            raise BackendError(
+                f"Job #{job.id} was made for the generator “{job.backend}”, which this bot no longer runs. "
+                "It was not counted."
+            )
+        return backend
+
+    def _model(self, job: Job) -> ModelSpec:
+        return self._backend(job).models[Mode(job.mode)]
+
     async def _submit(self, job: Job, current: JobState) -> Job:
         """Start the task for ``job.segment_index``; the task id and segment are stored in one write."""
         spec = await self._spec(job)
-        task_id = await self.backend.submit(spec)
+        task_id = await self._backend(job).submit(spec)
         log.info("job %s: segment %s/%s submitted as task %s", job.id, job.segment_index + 1, job.segment_count, task_id)
         job = await self.db.run(
             self.db.repo.transition,
@@ -244,8 +266,9 @@ class Runner:
     async def _await_task(self, job: Job) -> Job:
         delay = self.options.first_poll_s
         submitted = job.submitted_at or utcnow()
+        backend = self._backend(job)
         while True:
-            state = await self.backend.poll(job.task_id or "")
+            state = await backend.poll(job.task_id or "")
             if state.status is TaskStatus.SUCCEEDED:
                 where = state.video_url or (f"file://{state.video_path}" if state.video_path else None)
                 return await self.db.run(
@@ -264,7 +287,7 @@ class Runner:
                 )
             await self._progress(job, Stage.GENERATING, self._overall(job, state.progress))
             if (utcnow() - submitted).total_seconds() > self.options.job_timeout_s:
-                await self.backend.cancel(job.task_id or "")
+                await backend.cancel(job.task_id or "")
                 raise BackendError(
                     f"The video service took longer than {int(self.options.job_timeout_s)} s; the job was stopped."
                 )
@@ -275,7 +298,7 @@ class Runner:
         segment = self._segment_path(job, job.segment_index)
         if not (segment.exists() and await asyncio.to_thread(self._valid_segment, segment, job)):
             await self._progress(job, Stage.FETCHING, self._overall(job, 1.0), force=True)
-            await self.backend.fetch(self._finished_state(job), segment, self.options.max_download_bytes)
+            await self._backend(job).fetch(self._finished_state(job), segment, self.options.max_download_bytes)
             self._probed[segment] = await asyncio.to_thread(self._checked, segment, job)
         if job.segment_index + 1 < job.segment_count:
             following = job.model_copy(update={"segment_index": job.segment_index + 1})
@@ -283,6 +306,11 @@ class Runner:
         output = self._segment_path(job, 0)
         if job.segment_count > 1 or job.kind == "extend":
             output = await asyncio.to_thread(self._assemble, job)
+        shape: dict[str, int] = {}
+        if not self._model(job).exact:  # a hosted model chose the size and rate: record them
+            info = self._probed.get(output) or await asyncio.to_thread(probe, output)
+            self._probed[output] = info
+            shape = {"width": info.width, "height": info.height, "fps": round(info.fps)}
         return await self.db.run(
             self.db.repo.transition,
             job.id or 0,
@@ -290,6 +318,7 @@ class Runner:
             expect=[JobState.FETCHING],
             output_path=str(output),
             progress=1.0,
+            **shape,
         )
 
     async def _deliver(self, job: Job) -> Job:
@@ -345,9 +374,10 @@ class Runner:
 
     def caption(self, job: Job) -> str:
         words = f"“{job.prompt}”" if len(job.prompt) <= 300 else f"“{job.prompt[:297]}…”"
+        backend = self.backends.get(job.backend)
         return (
             f"{words} · {job.duration_s} s · {job.width}x{job.height} · {job.fps} fps · "
-            f"seed {job.seed} · {self.service.backend_label}"
+            f"seed {job.seed} · {backend.label if backend else job.backend}"
         )
 
     async def _progress(self, job: Job, stage: Stage, percent: float, *, force: bool = False) -> None:
@@ -372,6 +402,10 @@ class Runner:
         return (job.segment_index + max(0.0, min(fraction, 1.0))) / job.segment_count
 
     def _segment_durations(self, job: Job) -> list[int]:
+        """The model's own lengths (10 + 10 for 20 s on a 5-or-10 s model), as the service planned."""
+        planned = self._model(job).durations.segments(job.duration_s)
+        if planned is not None and len(planned) == job.segment_count:
+            return planned
         count = job.segment_count
         base, extra = divmod(job.duration_s, count)
         return [base + (1 if i < extra else 0) for i in range(count)]
@@ -392,7 +426,10 @@ class Runner:
         """Probe a fetched segment and refuse it unless it is what was asked (blocking)."""
         info = probe(path)
         duration = self._segment_durations(job)[job.segment_index]
-        check_clip(info, duration_s=duration, width=job.width, height=job.height, fps=job.fps)
+        if self._model(job).exact:
+            check_clip(info, duration_s=duration, width=job.width, height=job.height, fps=job.fps)
+        else:
+            check_clip(info, duration_s=duration)
         return info
 
     def _valid_segment(self, path: Path, job: Job) -> bool:
@@ -411,6 +448,8 @@ class Runner:
             image, mime = await asyncio.to_thread(last_frame_png, previous), "image/png"
         elif job.image_path:
             image, mime = await asyncio.to_thread(Path(job.image_path).read_bytes), job.image_mime
+        # a continuation of a text-to-video job starts from a frame: the image model makes it
+        model = self._backend(job).models[Mode.IMAGE_TO_VIDEO if image is not None else Mode.TEXT_TO_VIDEO]
         return GenerationSpec(
             prompt=job.prompt,
             width=job.width,
@@ -422,6 +461,8 @@ class Runner:
             quality=Quality(job.quality),
             image=image,
             image_mime=mime,
+            model="" if model.exact else model.name,
+            audio=job.audio and model.audio,
         )
 
     def _assemble(self, job: Job) -> Path:

@@ -13,12 +13,16 @@ import dataclasses
 import hashlib
 import logging
 import random
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol
 
 from sqlmodel import Session
 
+from bot.backends.base import Backend
+from bot.catalog import TIER_SIZES, ModelSpec, tier_of
 from bot.database import Database
 from bot.errors import InvalidRequest, JobNotFound, LimitExceeded, NotAllowed
 from bot.limits import EffectiveLimits, LimitsConfig, LimitsStore, describe_reset, next_reset, window_start
@@ -46,22 +50,44 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
+@dataclass(frozen=True)
+class Generator:
+    """A backend as the service offers it: its name, the tier it makes unless asked, and the
+    price per second the admin set for it (None: the model table's list price)."""
+
+    backend: Backend
+    tier: str = "720p"
+    price_per_s: float | None = None
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How a request will be made: on which generator and model, at what size and rate, in
+    which segments, at what cost."""
+
+    name: str
+    model: ModelSpec
+    request: VideoRequest
+    segments: list[int]
+    cost_usd: float
+
+
 class JobService:
     def __init__(
         self,
         db: Database,
         limits: LimitsStore,
         *,
-        backend_name: str,
-        backend_label: str,
-        max_segment_s: int,
+        generators: Mapping[str, Generator],
+        default_generator: str,
         media_dir: Path,
     ) -> None:
+        """``generators`` are the backends by name (one, or the limits file's ``[backends]``);
+        ``default_generator`` serves a scope that names none."""
         self.db = db
         self.limits = limits
-        self.backend_name = backend_name
-        self.backend_label = backend_label
-        self.max_segment_s = max_segment_s
+        self.generators = dict(generators)
+        self.default_generator = default_generator
         self.media_dir = media_dir
         self.notifiers: dict[str, Notifier] = {}
         self.dispatcher: Dispatcher | None = None
@@ -100,10 +126,10 @@ class JobService:
         config = self.limits.current()
         admin = config.is_admin(origin)
         limits = config.resolve(origin)
-        if request.fps is None:
-            request = dataclasses.replace(request, fps=limits.fps[0])
-        self._validate(request, origin, limits, admin=admin)
-        job = self._new_job(request, origin, config, dedup_key=dedup_key, kind=kind, parent_id=parent_id)
+        plan = self._plan(request, limits, config)
+        request = plan.request
+        self._validate(request, origin, limits, admin=admin, model=plan.model)
+        job = self._new_job(plan, origin, dedup_key=dedup_key, kind=kind, parent_id=parent_id)
         if request.image is not None:
             job.image_path, job.image_mime = await asyncio.to_thread(self._store_image, request.image)
 
@@ -227,7 +253,64 @@ class JobService:
 
     # -- internals --------------------------------------------------------------------------
 
-    def _validate(self, request: VideoRequest, origin: Origin, limits: EffectiveLimits, *, admin: bool) -> None:
+    def offered(self, limits: EffectiveLimits) -> list[str]:
+        """The generators a person may name with ``--model`` where ``limits`` apply."""
+        return [name for name in self.generators if not limits.backends or name in limits.backends]
+
+    def generator_for(self, origin: Origin) -> str:
+        """The generator a request from ``origin`` runs on when it names none."""
+        return self._default_name(self.limits_for(origin))
+
+    def _default_name(self, limits: EffectiveLimits) -> str:
+        return limits.backend if limits.backend in self.generators else self.default_generator
+
+    def help_text(self, origin: Origin) -> str:
+        """The grammar's help plus what the generator used here accepts, and the others offered."""
+        from bot.grammar import HELP_TEXT
+
+        limits = self.limits_for(origin)
+        name = self.generator_for(origin)
+        backend = self.generators[name].backend
+        lines = [HELP_TEXT, "", f"Generator here: {name} ({backend.label})."]
+        # One line per model, though text and image modes often share one.
+        for model in {id(m): m for m in backend.models.values()}.values():
+            if not model.exact:
+                lines.append(model.describe())
+        others = [n for n in self.offered(limits) if n != name]
+        if others:
+            lines.append(f"Also offered here with --model: {', '.join(others)}.")
+        return "\n".join(lines)
+
+    def _plan(self, request: VideoRequest, limits: EffectiveLimits, config: LimitsConfig) -> _Plan:
+        """Choose the generator and fit the request to its model; refuse what it cannot make."""
+        offered = self.offered(limits)
+        if request.backend is not None:
+            if request.backend not in offered:
+                raise InvalidRequest(
+                    f"--model {request.backend} is not offered here; choose {', '.join(offered) or 'none'}."
+                )
+            name = request.backend
+        else:
+            name = self._default_name(limits)
+        generator = self.generators[name]
+        model = generator.backend.models[request.mode]
+        size = request.resolution
+        if not request.exact_size:
+            size = TIER_SIZES[request.tier or generator.tier].get(request.aspect, size)
+        fps = request.fps
+        if fps is None:
+            fps = limits.fps[0] if model.exact else next((f for f in model.fps if f in limits.fps), model.fps[0])
+        model.check(mode=request.mode, size=size, duration_s=request.duration_s, fps=fps)
+        segments = model.durations.segments(request.duration_s) or [request.duration_s]
+        request = dataclasses.replace(request, resolution=size, fps=fps, backend=name)
+        price = config.price_per_second(name)
+        if price is None:
+            price = generator.price_per_s if generator.price_per_s is not None else model.price(size)
+        return _Plan(name, model, request, segments, round(request.duration_s * price, 4))
+
+    def _validate(
+        self, request: VideoRequest, origin: Origin, limits: EffectiveLimits, *, admin: bool, model: ModelSpec
+    ) -> None:
         if limits.allowed_channels and origin.channel_id not in limits.allowed_channels and not admin:
             raise NotAllowed("Videos can't be made in this channel. Ask an admin which channels allow it.")
         if len(request.prompt) > limits.max_prompt_chars:
@@ -242,24 +325,25 @@ class JobService:
             raise InvalidRequest(
                 f"--duration {request.duration_s} is longer than the {limits.max_duration_s} s allowed here."
             )
-        if str(request.resolution) not in limits.resolutions:
+        if not limits.allows_size(request.resolution):
             raise InvalidRequest(
-                f"--resolution {request.resolution} is not allowed here; choose one of {', '.join(limits.resolutions)}."
+                f"--resolution {request.resolution} ({tier_of(request.resolution)}) is not allowed here; "
+                f"choose one of {', '.join(limits.resolutions)}."
             )
-        if request.fps not in limits.fps:
+        if model.exact and request.fps not in limits.fps:
             raise InvalidRequest(f"--fps {request.fps} is not allowed here; choose {' or '.join(map(str, limits.fps))}.")
 
     def _new_job(
         self,
-        request: VideoRequest,
+        plan: _Plan,
         origin: Origin,
-        config: LimitsConfig,
         *,
         dedup_key: str | None,
         kind: str,
         parent_id: int | None,
     ) -> Job:
-        assert request.fps is not None, "submit resolves the default frame rate first"
+        request = plan.request
+        assert request.fps is not None, "the plan resolves the frame rate"
         return Job(
             kind=kind,
             parent_id=parent_id,
@@ -281,9 +365,11 @@ class JobService:
             is_admin=origin.is_admin,
             origin_extra=dict(origin.extra),
             dedup_key=dedup_key,
-            backend=self.backend_name,
-            segment_count=-(-request.duration_s // self.max_segment_s),
-            cost_usd=round(request.duration_s * config.price_per_second(self.backend_name), 4),
+            backend=plan.name,
+            model="" if plan.model.exact else plan.model.name,
+            audio=plan.model.audio and not request.silent,
+            segment_count=len(plan.segments),
+            cost_usd=plan.cost_usd,
         )
 
     def _store_image(self, image: ImageInput) -> tuple[str, str]:
@@ -400,13 +486,25 @@ class JobService:
         if image is None and job.image_path:
             data = await asyncio.to_thread(Path(job.image_path).read_bytes)
             image = ImageInput(data=data, mime=job.image_mime or "image/png", width=job.width, height=job.height)
+        size = Resolution(job.width, job.height)
         return VideoRequest(
             prompt=job.prompt,
             duration_s=job.duration_s,
-            resolution=Resolution(job.width, job.height),
+            resolution=size,
             fps=job.fps,
             seed=job.seed,
             negative_prompt=job.negative_prompt,
             quality=Quality(job.quality),
             image=image,
+            aspect=_aspect_of(size),
+            exact_size=True,
+            backend=job.backend if job.backend in self.generators else None,
+            silent=not job.audio,
         )
+
+
+def _aspect_of(size: Resolution) -> str:
+    """The named shape nearest to a size (a clip from an image follows the image)."""
+    ratio = size.width / max(size.height, 1)
+    shapes = {"16:9": 16 / 9, "9:16": 9 / 16, "1:1": 1.0, "4:3": 4 / 3, "3:4": 3 / 4}
+    return min(shapes, key=lambda shape: abs(shapes[shape] - ratio))

@@ -174,13 +174,14 @@ class JobRepository:
             return list(session.exec(query.order_by(col(Job.id))))
 
     def queued_heads(self, platforms: Sequence[str] | None, exclude: Iterable[int] = ()) -> list[Job]:
-        """The oldest queued job of each user: the candidates a fair dispatcher chooses among."""
+        """The oldest queued job of each user on each backend: the candidates a fair dispatcher
+        chooses among (a person's job for a busy backend does not hold up their job for another)."""
         with self._session() as session:
             heads = (
-                select(Job.platform, Job.user_id, func.min(Job.id).label("head"))
+                select(Job.platform, Job.user_id, Job.backend, func.min(Job.id).label("head"))
                 .where(Job.state == JobState.QUEUED.value)
                 .where(col(Job.id).not_in(list(exclude)))
-                .group_by(col(Job.platform), col(Job.user_id))
+                .group_by(col(Job.platform), col(Job.user_id), col(Job.backend))
             )
             if platforms is not None:
                 heads = heads.where(col(Job.platform).in_(list(platforms)))

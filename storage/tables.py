@@ -67,6 +67,11 @@ class Job(SQLModel, table=True):
     quality: str = "standard"
     image_path: str | None = None
     image_mime: str | None = None
+    end_image_path: str | None = None
+    end_image_mime: str | None = None
+    loop: bool = False
+    shots: str = "single"  # single | multi
+    audio: bool = False  # make sound (the model makes it and --silent was not given)
 
     # origin
     platform: str
@@ -82,6 +87,7 @@ class Job(SQLModel, table=True):
     # progress through the backend
     state: str = Field(default=JobState.QUEUED.value, index=True)
     backend: str = ""
+    model: str = ""  # the provider's model id that ran it; empty for our own generators
     task_id: str | None = None
     segment_index: int = 0
     segment_count: int = 1

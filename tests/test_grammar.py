@@ -49,8 +49,10 @@ def test_an_image_keeps_its_orientation_unless_told_otherwise() -> None:
         ("x --duration abc", "--duration must be a whole number (got 'abc')"),
         ("x --fps 30", "--fps must be 16 or 24 (got 30)"),
         ("x --dur 5", "Unknown option --dur. Did you mean --duration?"),
-        ("x --aspect 4:3", "--aspect must be 16:9, 9:16 or 1:1 (got '4:3')"),
-        ("x --resolution big", "--resolution must look like 1280x720 (got 'big')"),
+        ("x --aspect 5:4", "--aspect must be 16:9, 9:16, 1:1, 4:3, 3:4 (got '5:4')"),
+        ("x --aspect 4:3 --resolution 480p", "--aspect 4:3 has no 480p size; choose 16:9, 9:16, 1:1."),
+        ("x --model ../etc", "--model must be the name of a generator"),
+        ("x --resolution big", "--resolution must be 480p, 720p, 1080p or a size like 1280x720 (got 'big')"),
         ("x --aspect 9:16 --resolution 1280x720", "disagree"),
         ("x --seed", "--seed needs a value, e.g. --seed 7"),
         ("x --seed 99999999999", "--seed must be between 0 and 2147483647"),
@@ -72,3 +74,27 @@ def test_typed_slash_options_go_through_the_same_checks() -> None:
 def test_split_options_leaves_words_that_only_look_like_options() -> None:
     prompt, options = split_options("a re-run of the x--y sketch --seed 3")
     assert prompt == "a re-run of the x--y sketch" and options == {"seed": "3"}
+
+
+@pytest.mark.parametrize(
+    ("text", "size", "tier"),
+    [
+        ("a fox --resolution 1080p", "1920x1080", "1080p"),
+        ("a fox --resolution 480p --aspect 9:16", "480x832", "480p"),
+        ("a fox --aspect 1:1 --resolution 720P", "960x960", "720p"),
+        ("a fox --aspect 9:16", "720x1280", None),
+    ],
+)
+def test_resolution_takes_a_tier_that_the_aspect_maps_onto(text: str, size: str, tier: str | None) -> None:
+    request = parse_request(text)
+    assert (str(request.resolution), request.tier, request.exact_size) == (size, tier, False)
+
+
+def test_an_exact_size_is_kept_as_asked() -> None:
+    request = parse_request("a fox --resolution 832x480")
+    assert (str(request.resolution), request.aspect, request.exact_size) == ("832x480", "16:9", True)
+
+
+def test_model_and_silent_are_read_and_cut_from_the_prompt() -> None:
+    request = parse_request("a fox in the snow --model Final --silent")
+    assert (request.prompt, request.backend, request.silent) == ("a fox in the snow", "final", True)

@@ -165,7 +165,7 @@ async def test_one_users_backlog_does_not_starve_another(make_core, receiver) ->
     await core.runner.stop()
     backlog = [await core.service.submit(parse_request(f"alice {i} --duration 1 --resolution 832x480"), alice) for i in range(4)]
     bobs = await core.service.submit(parse_request("bob's only --duration 1 --resolution 832x480"), bob)
-    core.runner = type(core.runner)(core.service, core.backend, core.runner.options, platforms=["webhook"])
+    core.runner = type(core.runner)(core.service, core.runner.options, platforms=["webhook"])
     await core.runner.start()
     await _finish(core, receiver, bobs.id, timeout=80)
     jobs = [await core.service.status(j.id) for j in [*backlog, bobs]]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from datetime import timedelta
 
 import pytest
@@ -104,12 +105,12 @@ async def test_request_rules_name_the_problem(make_core, receiver) -> None:
     origin = webhook_origin(receiver)
     cases = {
         "a fox --duration 11": "--duration 11 is longer than the 10 s allowed here",
-        "a fox --resolution 960x960": "--resolution 960x960 is not allowed here; choose one of 832x480",
+        "a fox --resolution 960x960": "--resolution 960x960 (720p) is not allowed here; choose one of 832x480",
         "x" * 5000: "Your prompt is 5,000 characters; the limit is 100",
         "lots of GORE please --resolution 832x480": "blocked term",
     }
     for text, message in cases.items():
-        with pytest.raises(InvalidRequest, match=message.replace("(", r"\(")):
+        with pytest.raises(InvalidRequest, match=re.escape(message)):
             await core.service.submit(parse_request(text), origin)
 
 

@@ -94,9 +94,11 @@ def test_example_file_sets_and_comments_every_key() -> None:
     data = tomllib.loads(text)
 
     top_level = {key for key, value in data.items() if not isinstance(value, dict)}
-    assert top_level | {"pricing", "defaults", "workspaces"} == set(limits._File.model_fields)
+    # [backends] and the scope keys naming them only make sense once an admin declares a
+    # generator, so the example shows them commented out (the test below loads that text).
+    assert top_level | {"pricing", "defaults", "workspaces", "backends"} == set(limits._File.model_fields)
     assert set(data["pricing"]) == set(limits._Pricing.model_fields)
-    assert set(data["defaults"]) == {f.name for f in fields(EffectiveLimits)}
+    assert set(data["defaults"]) == {f.name for f in fields(EffectiveLimits)} - {"backend", "backends"}
 
     lines = text.splitlines()
     assignments = [i for i, line in enumerate(lines) if re.match(r"\s*[\w\"]+[\w\".:-]*\s*=", line)]
@@ -201,7 +203,15 @@ def test_prices_image_limits_and_zone_come_from_the_file() -> None:
     assert config.max_image_pixels == 12_000_000
     assert config.price_per_second("http") == pytest.approx(0.012)
     assert config.price_per_second("diffusers") == 0.0
-    assert config.price_per_second("some-future-backend") == 0.0
+    assert config.price_per_second("some-future-backend") is None  # the model table's price applies
+
+
+def test_a_backend_table_prices_its_own_generator() -> None:
+    config = LimitsConfig({"backends": {"draft": {"type": "fal", "price_per_second": 0.03}, "final": {"type": "dashscope"}}})
+
+    assert config.price_per_second("draft") == pytest.approx(0.03)
+    assert config.price_per_second("final") is None
+    assert [b.name for b in config.backends] == ["draft", "final"]
 
 
 def test_resolutions_are_normalised_to_lowercase_wxh() -> None:
@@ -234,17 +244,17 @@ def test_resolutions_are_normalised_to_lowercase_wxh() -> None:
         ),
         (
             {"workspaces": {"discord:9": {"channels": {"77": {"resolutions": ["1280x721"]}}}}},
-            'videobot.toml: workspaces."discord:9".channels.77.resolutions[0]: must be "WxH" with width and'
-            ' height multiples of 16 up to 1920, such as "1280x720" (got "1280x721")',
+            'videobot.toml: workspaces."discord:9".channels.77.resolutions[0]: must be a tier ("480p", "720p",'
+            ' "1080p") or "WxH" with sides multiples of 16 up to 1920, such as "1280x720" (got "1280x721")',
         ),
         (
             {"defaults": {"resolutions": ["2048x1152"]}},
-            'videobot.toml: defaults.resolutions[0]: must be "WxH" with width and height multiples of 16 up'
-            ' to 1920, such as "1280x720" (got "2048x1152")',
+            'videobot.toml: defaults.resolutions[0]: must be a tier ("480p", "720p", "1080p") or'
+            ' "WxH" with sides multiples of 16 up to 1920, such as "1280x720" (got "2048x1152")',
         ),
         (
             {"defaults": {"resolutions": []}},
-            'videobot.toml: defaults.resolutions: must be a non-empty list of "WxH" sizes (got [])',
+            'videobot.toml: defaults.resolutions: must be a non-empty list of "WxH" sizes or tiers ("480p", "720p", "1080p") (got [])',
         ),
         (
             {"timezone": "Mars/Olympus_Mons"},

@@ -7,17 +7,20 @@ import sqlite3
 
 import httpx
 import pytest
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
 
 from adapters.webhook import job_routes
 from bot.backends.http import HttpBackend
+from bot.grammar import parse_request
 from bot.logs import RedactSecrets
 from bot.provider.server import bound_port, serve_provider
 from bot.provider.simulator import build_simulator_app
-from storage.engine import make_engine, upgrade
+from storage.engine import MIGRATIONS_DIR, make_engine, upgrade
 from storage.repository import JobRepository
 from storage.tables import Job
 from tests.conftest import webhook_origin
-from bot.grammar import parse_request
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -92,16 +95,25 @@ def test_log_filter_masks_secrets_in_messages_and_tracebacks() -> None:
 
 
 def test_upgrading_an_existing_database_keeps_its_jobs(tmp_path) -> None:
+    """A database written by the previous release (revision 0002) keeps its jobs at head."""
     url = f"sqlite:///{tmp_path / 'old.db'}"
     engine = make_engine(url)
-    upgrade(engine)
-    repo = JobRepository(engine)
-    repo.create(Job(prompt="kept", platform="slack", workspace_id="T1", channel_id="C1", user_id="U1"))
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0002")
+    old = Job(prompt="kept", platform="slack", workspace_id="T1", channel_id="C1", user_id="U1")
+    with engine.begin() as connection:
+        jobs = sa.Table("jobs", sa.MetaData(), autoload_with=connection)
+        row = {column.name: getattr(old, column.name) for column in jobs.columns if column.name != "id"}
+        connection.execute(jobs.insert().values(**row))
     engine.dispose()
     engine = make_engine(url)
     upgrade(engine)
-    assert [j.prompt for j in JobRepository(engine).recent()] == ["kept"]
+    [job] = JobRepository(engine).recent()
+    assert (job.prompt, job.model, job.audio) == ("kept", "", False)
     engine.dispose()
     with sqlite3.connect(tmp_path / "old.db") as raw:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert raw.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "0002"
+        assert raw.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "0003"

@@ -104,7 +104,12 @@ def build_commands() -> list[app_commands.Command]:
 
     @app_commands.command(name="video-help", description="How to ask for a video")
     async def video_help(interaction: Interaction) -> None:
-        await interaction.response.send_message(render.help_text(), ephemeral=True)
+        service = bot_of(interaction).service
+
+        async def text(origin: Origin) -> str:
+            return render.help_text(service.help_text(origin))
+
+        await answer_privately(interaction, text)
 
     video_status.autocomplete("job")(_active_job_choices)
     video_cancel.autocomplete("job")(_active_job_choices)

@@ -44,10 +44,10 @@ async def handle_mention(bot: VideobotClient, message: discord.Message) -> None:
     text = request_text(message.content, bot.user.id)
     if text is None:
         return
-    if text.lower() in ("", "help") and not message.attachments:
-        await _reply(message, render.help_text())
-        return
     limits = bot.service.limits.current()
+    if text.lower() in ("", "help") and not message.attachments:
+        await _reply(message, render.help_text(bot.service.help_text(origin_from_message(message, limits))))
+        return
     origin = origin_from_message(message, limits)
     try:
         attachment = pick_attachment(message.attachments)

@@ -135,13 +135,14 @@ def not_a_text_channel() -> str:
     return "I can only make videos in text channels and their threads; mention me in one of those."
 
 
-def help_text() -> str:
-    """The grammar's help, framed for Discord's two ways in: the /video form and a mention."""
+def help_text(grammar_help: str = HELP_TEXT) -> str:
+    """The grammar's help (with the model's options, from ``JobService.help_text``), framed for
+    Discord's two ways in: the /video form and a mention."""
     return shorten_message(
         "Use **/video** and fill in its fields (attach an image to animate it), or mention me "
         "with the same words and options, e.g. `@videobot a fox running --duration 8`.\n"
         "Other commands: /video-status, /video-cancel, /video-usage.\n"
-        f"```\n{HELP_TEXT}\n```"
+        f"```\n{grammar_help}\n```"
     )
 
 

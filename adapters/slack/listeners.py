@@ -29,7 +29,7 @@ from adapters.slack import render
 from adapters.slack.files import SlackFiles
 from adapters.slack.pacing import AckFirst
 from bot.errors import InvalidRequest, JobNotFound, LimitExceeded, VideobotError
-from bot.grammar import HELP_TEXT, parse_request
+from bot.grammar import parse_request
 from bot.models import ImageInput, Origin
 from bot.service import JobService
 
@@ -94,7 +94,7 @@ def register(app: AsyncApp, service: JobService, files: SlackFiles) -> None:
         word, _, rest = text.partition(" ")
         word, rest = word.lower(), rest.strip()
         if word in ("", "help") and not rest:
-            await ack(text=HELP_TEXT)
+            await ack(text=service.help_text(origin))
             return
         if (word in ("status", "usage") and not rest) or (word in ("status", "cancel") and _JOB_ID.fullmatch(rest)):
             await ack()
@@ -128,7 +128,7 @@ def register(app: AsyncApp, service: JobService, files: SlackFiles) -> None:
             if not attached and event.get("thread_ts"):
                 attached = await files.thread_parent_files(channel, event["thread_ts"])
             if text.lower() in ("", "help") and not attached:
-                await reply(HELP_TEXT)
+                await reply(service.help_text(origin))
                 return
             request = parse_request(text)  # a mistake is answered before anything is downloaded
             file = files.first_file(attached)
