@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import av
+import httpx
 import pytest
 from PIL import Image
 
@@ -188,6 +189,10 @@ async def test_a_small_image_goes_inline_and_a_large_one_through_the_files_api(
     image_input = fake.requests_to("create")[-1].json["input"]["image"]
     assert image_input == f"{fake.base_url}/v1/files/{stored.id}/download"
     assert list(fake.predictions.values())[-1].image_size == (1280, 852)
+    async with httpx.AsyncClient() as client:  # the stored file is the account's, not public
+        assert (await client.get(image_input)).status_code == 401
+        served = await client.get(image_input, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert served.status_code == 200 and served.content == large
 
 
 async def test_images_are_fitted_to_what_the_model_takes(fake: FakeReplicate, make_backend: MakeBackend) -> None:
@@ -314,6 +319,8 @@ async def test_generate_text_to_video_through_replicate(tmp_path: Path, fake: Fa
     info = probe(tmp_path / "fox.mp4")
     assert info.duration_s == pytest.approx(5, abs=0.2) and has_audio(tmp_path / "fox.mp4")
     assert fake.delivery_auth == [None]
+    stored = list((tmp_path / "data").glob("videobot.db*"))
+    assert stored and all(TOKEN.encode() not in path.read_bytes() for path in stored)
 
 
 @pytest.mark.parametrize("noisy", [True, False], ids=["detailed-photo-via-files-api", "smooth-photo-inline"])

@@ -128,9 +128,7 @@ class ProviderClient:
         attempt = 0
         while True:
             merged = {**self.auth_for(url), **(headers or {})}
-            request = self._client.build_request(
-                method, url, json=json, content=content, files=files, headers=merged
-            )
+            request = self._client.build_request(method, url, json=json, content=content, files=files, headers=merged)
             retry_after: float | None = None
             cause: Exception | None = None
             try:

@@ -39,7 +39,7 @@ from bot.models import GenerationSpec, Mode, TaskState, TaskStatus
 if TYPE_CHECKING:
     from bot.settings import Settings
 
-__all__ = ["ReplicateBackend", "DEFAULT_T2V_MODEL", "DEFAULT_I2V_MODEL", "IMAGE_RULES"]
+__all__ = ["DEFAULT_I2V_MODEL", "DEFAULT_T2V_MODEL", "IMAGE_RULES", "ReplicateBackend"]
 
 _log = logging.getLogger(__name__)
 
@@ -124,13 +124,13 @@ class ReplicateBackend:
     @classmethod
     def from_settings(
         cls,
-        settings: "Settings",
+        settings: Settings,
         *,
         name: str = "replicate",
         t2v_model: str | None = None,
         i2v_model: str | None = None,
         max_concurrency: int | None = None,
-    ) -> "ReplicateBackend":
+    ) -> ReplicateBackend:
         """The backend ``REPLICATE_API_TOKEN`` and ``REPLICATE_BASE_URL`` describe."""
         return cls(
             settings.replicate_api_token,
