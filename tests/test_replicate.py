@@ -420,6 +420,20 @@ async def test_a_slack_video_command_is_made_on_replicate(tmp_path: Path, fake: 
         await slack_fake.stop()
 
 
+async def test_a_silent_request_sends_no_extra_input_and_its_clip_comes_back_without_sound(
+    fake: FakeReplicate, make_core: Any, receiver: Any
+) -> None:
+    from bot.grammar import build_request
+    from tests.conftest import webhook_origin
+
+    core = await make_core(backend=ReplicateBackend(TOKEN, base_url=fake.base_url), poll_interval_s=0.05)
+    job = await core.service.submit(build_request("a quiet lake", duration=5, silent=True), webhook_origin(receiver))
+    await receiver.wait_for(job.id or 0, "delivered", timeout=30)
+    assert set(fake.only().input) == {"prompt", "size", "duration", "seed"}  # wan-2.5 has no sound switch
+    [delivered] = [d for d in receiver.deliveries.values() if d.job_id == job.id]
+    assert not has_audio(delivered.path) and probe(delivered.path).duration_s == pytest.approx(5, abs=0.2)
+
+
 async def test_canceling_a_job_cancels_the_prediction(tmp_path: Path, fake: FakeReplicate, make_core: Any) -> None:
     from bot.grammar import build_request
     from bot.models import Origin
