@@ -143,6 +143,7 @@ def generate(
     seed: Annotated[Optional[str], typer.Option(help="Repeat a result exactly.")] = None,
     negative: Annotated[Optional[str], typer.Option(help="What to keep out.")] = None,
     hq: Annotated[bool, typer.Option("--hq", help="Higher quality, slower.")] = False,
+    silent: Annotated[bool, typer.Option("--silent", help="No sound, on models that make it.")] = False,
 ) -> None:
     """Make one clip through the same service the bots use, and write it to --output."""
     settings = _settings()
@@ -155,7 +156,7 @@ def generate(
             picture = load_image(image.read_bytes(), max_bytes=limits.max_image_bytes, max_pixels=limits.max_image_pixels)
         request = build_request(
             prompt, duration=duration, aspect=aspect, resolution=resolution, fps=fps, seed=seed,
-            negative=negative, hq=hq, image=picture,
+            negative=negative, hq=hq, image=picture, silent=silent,
         )
         code = asyncio.run(_generate(settings, request, output))
     except (VideobotError, LimitsError) as error:

@@ -257,3 +257,16 @@ async def test_silent_strips_the_sound_a_model_always_makes(make_core, receiver,
     info = probe(_delivered(receiver, job.id).path)
     assert not info.has_audio
     assert (info.width, info.height, info.frames) == (832, 480, 16)
+
+
+@pytest.mark.timeout(60)
+async def test_the_built_in_simulator_makes_sound_when_the_settings_say_so(make_core, receiver) -> None:
+    core = await make_core(f"[defaults]\n{SMALL}", wan_audio=True)
+    job = await core.service.submit(
+        parse_request("waves on a beach --duration 1 --resolution 832x480 --fps 16"), webhook_origin(receiver)
+    )
+    assert job.audio
+    job = await _finish(core, receiver, job.id)
+    assert job.state == "succeeded", job.error
+    info = probe(_delivered(receiver, job.id).path)
+    assert info.has_audio and info.audio_duration_s == pytest.approx(1, abs=1 / 16)
