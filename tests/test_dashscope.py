@@ -233,3 +233,237 @@ async def test_an_expired_download_link_is_explained(tmp_path: Path) -> None:
                 await backend.fetch(state, tmp_path / "late.mp4", 10_000_000)  # type: ignore[arg-type]
         finally:
             await backend.aclose()
+
+
+# -- whole jobs through `videobot generate` -----------------------------------------------------
+
+ENV_KEY = "sk-4f1e0c9d2b7a48e6a1c3d5e7f9b0a2c4"
+
+
+def _env(tmp_path: Path, fake: FakeDashScope, **extra: str) -> dict[str, str]:
+    return subprocess_env(tmp_path, VIDEOBOT_LOG_LEVEL="INFO", COLUMNS="160", VIDEOBOT_BACKEND="dashscope",
+                          DASHSCOPE_HTTP_BASE_URL=fake.base_url, DASHSCOPE_API_KEY=fake.key, **extra)
+
+
+async def videobot(tmp_path: Path, env: dict[str, str], *args: str, timeout: float = 50) -> tuple[int, str]:
+    """Run `python -m bot ARGS` without blocking the loop the fake serves on; returns (rc, output)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", *args, cwd=tmp_path, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await asyncio.wait_for(process.communicate(), timeout)
+    return process.returncode or 0, output.decode()
+
+
+@pytest.fixture
+async def keyed_fake(tmp_path: Path) -> AsyncIterator[FakeDashScope]:
+    async with FakeDashScope(tmp_path / "oss", key=ENV_KEY) as server:
+        yield server
+
+
+async def test_generate_text_to_video_through_dashscope(tmp_path: Path, keyed_fake: FakeDashScope) -> None:
+    rc, output = await videobot(tmp_path, _env(tmp_path, keyed_fake), "generate", "a red fox running through fresh snow",
+                                "--duration", "5", "--resolution", "1280x720", "--seed", "7", "--output", "fox.mp4")
+    assert rc == 0, output
+    [sent] = keyed_fake.requests_to("t2v")
+    assert sent.json["parameters"] | {"prompt_extend": None} == {
+        "duration": 5, "size": "1280*720", "seed": 7, "audio": True, "watermark": False, "prompt_extend": None}
+    clip = tmp_path / "fox.mp4"
+    assert probe(clip).duration_s == pytest.approx(5, abs=0.2) and has_audio(clip)
+    assert "wan2.6 (DashScope)" in output and "Wrote fox.mp4" in output
+    assert keyed_fake.submits == {"a red fox running through fresh snow": 1}
+    assert ENV_KEY not in output and ENV_KEY not in _stored(tmp_path)
+
+
+async def test_generate_image_to_video_from_a_phone_photo(tmp_path: Path, keyed_fake: FakeDashScope) -> None:
+    (tmp_path / "phone.jpg").write_bytes(photo(6000, 4000))
+    rc, output = await videobot(tmp_path, _env(tmp_path, keyed_fake), "generate", "the sea slowly moving",
+                                "--image", "phone.jpg", "--duration", "4", "--output", "sea.mp4")
+    assert rc == 0, output
+    [sent] = keyed_fake.requests_to("i2v")
+    assert sent.json["model"] == "wan2.6-i2v" and sent.json["parameters"]["resolution"] == "720P"
+    [(width, height, size, mime)] = keyed_fake.images
+    assert 360 <= min(width, height) and max(width, height) <= 2000 and size <= 10 * 2**20 and mime == "image/jpeg"
+    assert width / height == pytest.approx(1.5, abs=0.01)
+    info = probe(tmp_path / "sea.mp4")
+    assert info.duration_s == pytest.approx(4, abs=0.2) and info.width / info.height == pytest.approx(1.5, abs=0.05)
+
+
+@pytest.mark.timeout(90)
+async def test_a_twenty_second_clip_is_stitched_from_two_segments_and_keeps_its_sound(
+    tmp_path: Path, keyed_fake: FakeDashScope
+) -> None:
+    (tmp_path / "videobot.toml").write_text("[defaults]\nmax_duration_s = 20\n")
+    rc, output = await videobot(tmp_path, _env(tmp_path, keyed_fake), "generate", "a long train journey",
+                                "--duration", "20", "--output", "train.mp4", timeout=80)
+    assert rc == 0, output
+    first, second = keyed_fake.requests_to("t2v") + keyed_fake.requests_to("i2v")
+    assert first.json["model"] == "wan2.6-t2v" and first.json["parameters"]["duration"] == 10
+    assert second.json["model"] == "wan2.6-i2v" and second.json["parameters"]["duration"] == 10
+    assert second.json["input"]["img_url"].startswith("data:image/png;base64,")  # the first segment's last frame
+    clip = tmp_path / "train.mp4"
+    assert probe(clip).duration_s == pytest.approx(20, abs=0.3)
+    assert has_audio(clip), "the stitched clip lost the sound the model made"
+
+
+async def test_a_refused_parameter_fails_the_job_with_the_providers_words_and_is_not_counted(
+    tmp_path: Path, keyed_fake: FakeDashScope
+) -> None:
+    env = _env(tmp_path, keyed_fake, VIDEOBOT_T2V_MODEL="wan2.5-t2v-preview", VIDEOBOT_I2V_MODEL="wan2.5-i2v-preview")
+    keyed_fake.queue("t2v", Reply(400, {"code": "InvalidParameter", "message": "The size parameter is invalid: '1280*720'",
+                                        "request_id": "7f1c"}))
+    rc, output = await videobot(tmp_path, env, "generate", "a quiet harbour", "--duration", "5", "--output", "h.mp4")
+    assert rc == 1 and "The video service refused the request: The size parameter is invalid" in output, output
+    assert "Traceback" not in output and not (tmp_path / "h.mp4").exists()
+    rc, usage = await videobot(tmp_path, env, "usage")
+    assert rc == 0 and "spend (USD)" in usage and "cli" not in usage, usage  # nothing counted for anyone
+    rc, jobs = await videobot(tmp_path, env | {"COLUMNS": "200"}, "jobs")
+    assert rc == 0 and "failed" in jobs and "a quiet harbour" in jobs, jobs
+
+
+async def test_a_failed_task_tells_the_person_why(tmp_path: Path, keyed_fake: FakeDashScope) -> None:
+    keyed_fake.fail_next("InternalError.Algo", "The algorithm ran out of memory; please retry later.")
+    rc, output = await videobot(tmp_path, _env(tmp_path, keyed_fake), "generate", "a storm at sea", "--output", "s.mp4")
+    text = " ".join(output.split())
+    assert rc == 1 and "could not make this video: The algorithm ran out of memory" in text, output
+    assert "failed" in text and keyed_fake.submits == {"a storm at sea": 1}
+
+
+async def test_a_wrong_key_says_misconfigured_and_logs_for_the_admin_without_the_key(
+    tmp_path: Path, keyed_fake: FakeDashScope
+) -> None:
+    wrong = "sk-0000aaaa1111bbbb2222cccc3333dddd"
+    env = _env(tmp_path, keyed_fake) | {"DASHSCOPE_API_KEY": wrong}
+    rc, output = await videobot(tmp_path, env, "generate", "a lighthouse at dusk", "--output", "l.mp4")
+    text = " ".join(output.split())
+    assert rc == 1 and "misconfigured" in text, output
+    assert "DASHSCOPE_API_KEY" in text and "dashscope-us.aliyuncs.com" in text
+    assert wrong not in output and wrong not in _stored(tmp_path)
+
+
+def _stored(tmp_path: Path) -> str:
+    """Everything the bot wrote to its data folder (database included), as text."""
+    return "".join(p.read_bytes().decode("latin-1") for p in (tmp_path / "data").rglob("*") if p.is_file())
+
+
+# -- Slack --------------------------------------------------------------------------------------
+
+
+async def test_a_slack_command_gets_a_dashscope_clip_in_its_thread(tmp_path: Path, fake: FakeDashScope) -> None:
+    from contextlib import AsyncExitStack
+
+    import aiohttp
+
+    from adapters.slack import build_adapter
+    from bot.app import Core
+    from storage.tables import JobState
+    from tests.fakes.slack_api import BOT_TOKEN, SIGNING_SECRET, FakeSlack
+    from tests.test_slack_e2e import LIMITS, SlackBot
+
+    slack_api = await FakeSlack().start()
+    (tmp_path / "videobot.toml").write_text(LIMITS)
+    settings = Settings(
+        backend="dashscope", dashscope_api_key=KEY, dashscope_base_url=fake.base_url,
+        data_dir=tmp_path / "data", limits_path=tmp_path / "videobot.toml", poll_interval_s=0.1,
+        progress_interval_s=0.1, http_host="127.0.0.1", http_port=0, slack_bot_token=BOT_TOKEN,
+        slack_signing_secret=SIGNING_SECRET, slack_port=0, slack_api_url=slack_api.api_url,
+    )
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(slack_api.stop)
+        core = await Core.create(settings)
+        stack.push_async_callback(core.stop)
+        adapter = build_adapter(settings, core.service)
+        await core.start()
+        await adapter.start()
+        stack.push_async_callback(adapter.stop)
+        http = await stack.enter_async_context(aiohttp.ClientSession())
+        slack = SlackBot(slack_api, core, adapter, http)
+
+        answer = await slack.command("a heron taking off from a misty lake --duration 3")
+        assert answer.status == 200 and answer.seconds < 3
+        [job] = await slack.wait_jobs(1)
+        job = await slack.finished(job.id or 0)
+
+        assert job.job_state is JobState.SUCCEEDED, job.error
+        [complete] = slack_api.calls_to("files.completeUploadExternal")
+        assert complete.params["thread_ts"] == job.status_ref
+        assert "wan2.6 (DashScope)" in complete.params["initial_comment"]
+        clip = tmp_path / "posted.mp4"
+        clip.write_bytes(slack_api.files[job.delivered_ref or ""].content)
+        assert probe(clip).duration_s == pytest.approx(3, abs=0.2) and has_audio(clip)
+        assert fake.submits == {"a heron taking off from a misty lake": 1}
+        assert fake.requests_to("t2v")[0].json["parameters"]["size"] == "1280*720"
+
+
+# -- kill -9 of a real `videobot serve` ---------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.timeout(90)
+async def test_kill_9_mid_task_then_restart_polls_the_stored_task_and_never_resubmits(
+    tmp_path: Path, keyed_fake: FakeDashScope
+) -> None:
+    from tests.fakes.webhook_receiver import WebhookReceiver
+
+    api_key, port = "vb-test-key-0123456789", _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = _env(tmp_path, keyed_fake, VIDEOBOT_API_KEY=api_key, VIDEOBOT_HTTP_PORT=str(port),
+               VIDEOBOT_PROGRESS_INTERVAL="0.5")
+    log = tmp_path / "serve.log"
+    auth = {"Authorization": f"Bearer {api_key}"}
+
+    async def serve() -> asyncio.subprocess.Process:
+        with log.open("ab") as out:
+            process = await asyncio.create_subprocess_exec(sys.executable, "-m", "bot", "serve", stdout=out, stderr=out, env=env)
+        async with httpx.AsyncClient() as client:
+            for _ in range(400):
+                try:
+                    if (await client.get(f"{url}/healthz")).status_code == 200:
+                        return process
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.05)
+        raise AssertionError(f"serve did not start:\n{log.read_text()}")
+
+    async def state(job_id: int) -> str:
+        async with httpx.AsyncClient() as client:
+            return (await client.get(f"{url}/v1/jobs/{job_id}", headers=auth)).json()["state"]
+
+    receiver = await WebhookReceiver(tmp_path).start()
+    keyed_fake.hold = True
+    process = await serve()
+    try:
+        async with httpx.AsyncClient() as client:
+            answer = await client.post(f"{url}/v1/jobs", headers=auth, json={
+                "prompt": "a lake at dawn --duration 2", "callback_url": receiver.url, "user_id": "u1"})
+        assert answer.status_code == 202, answer.text
+        job_id = answer.json()["job_id"]
+        deadline = time.monotonic() + 30
+        while await state(job_id) != "running":
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            await asyncio.sleep(0.05)
+        [task_id] = keyed_fake.tasks
+        process.send_signal(signal.SIGKILL)
+        await process.wait()
+        polls_before = len(keyed_fake.requests_to("poll"))
+
+        keyed_fake.hold = False
+        process = await serve()
+        await receiver.wait_for(job_id, "delivered", timeout=40)
+
+        assert keyed_fake.submits == {"a lake at dawn": 1}, "the task was submitted again"
+        after = keyed_fake.requests_to("poll")[polls_before:]
+        assert after and {r.path for r in after} == {f"/api/v1/tasks/{task_id}"}
+        [delivered] = receiver.deliveries.values()
+        assert probe(delivered.path).duration_s == pytest.approx(2, abs=0.2)
+        assert "resuming from" in log.read_text() and ENV_KEY not in log.read_text()
+    finally:
+        if process.returncode is None:
+            process.terminate()
+            await process.wait()
+        await receiver.stop()
