@@ -45,8 +45,8 @@ async def backend(fake: FakeDashScope) -> AsyncIterator[DashScopeBackend]:
 
 
 def t2v(prompt: str = "a red fox running through fresh snow", **overrides: object) -> GenerationSpec:
-    values: dict[str, object] = dict(prompt=prompt, width=1280, height=720, duration_s=5, fps=24, seed=7,
-                                     model="wan2.6-t2v", audio=True)
+    values: dict[str, object] = {"prompt": prompt, "width": 1280, "height": 720, "duration_s": 5, "fps": 24, "seed": 7,
+                                     "model": "wan2.6-t2v", "audio": True}
     values.update(overrides)
     return GenerationSpec(**values)  # type: ignore[arg-type]
 
@@ -224,6 +224,30 @@ async def test_cancel_reaches_the_provider_and_a_running_task_is_left_alone(
     assert fake.tasks[running].status == "RUNNING"
 
 
+async def test_canceling_a_job_reaches_the_providers_cancel(make_core, fake: FakeDashScope) -> None:  # type: ignore[no-untyped-def]
+    from bot.models import Origin, VideoRequest
+
+    fake.busy = True
+    core = await make_core(backend=DashScopeBackend(fake.base_url, KEY), poll_interval_s=0.1)
+    alice = Origin(platform="webhook", workspace_id="w", channel_id="c", user_id="alice",
+                   extra={"callback_url": "http://127.0.0.1:9/hook"})
+    job = await core.service.submit(VideoRequest("a paper boat on a pond", duration_s=3), alice)
+    deadline = time.monotonic() + 10
+    while not (job := await core.service.status(job.id or 0)).task_id:
+        assert time.monotonic() < deadline, job.state
+        await asyncio.sleep(0.05)
+
+    canceled = await core.service.cancel(job.id or 0, alice)
+    for _ in range(100):
+        if fake.requests_to("cancel"):
+            break
+        await asyncio.sleep(0.05)
+    assert canceled.state == "canceled"
+    [sent] = fake.requests_to("cancel")
+    assert sent.path == f"/api/v1/tasks/{job.task_id}/cancel" and sent.headers["Authorization"] == f"Bearer {KEY}"
+    assert fake.tasks[job.task_id or ""].status == "CANCELED"
+
+
 async def test_an_expired_download_link_is_explained(tmp_path: Path) -> None:
     async with FakeDashScope(tmp_path / "oss", url_ttl_s=-1) as fake:
         backend = DashScopeBackend(fake.base_url, KEY)
@@ -261,17 +285,22 @@ async def keyed_fake(tmp_path: Path) -> AsyncIterator[FakeDashScope]:
         yield server
 
 
-async def test_generate_text_to_video_through_dashscope(tmp_path: Path, keyed_fake: FakeDashScope) -> None:
+async def test_generate_text_to_video_through_dashscope_despite_429s(tmp_path: Path, keyed_fake: FakeDashScope) -> None:
+    keyed_fake.queue("t2v", throttled("0.5"))
+    keyed_fake.queue("poll", throttled("0.5"))
     rc, output = await videobot(tmp_path, _env(tmp_path, keyed_fake), "generate", "a red fox running through fresh snow",
                                 "--duration", "5", "--resolution", "1280x720", "--seed", "7", "--output", "fox.mp4")
     assert rc == 0, output
-    [sent] = keyed_fake.requests_to("t2v")
+    sent = keyed_fake.requests_to("t2v")[-1]
     assert sent.json["parameters"] | {"prompt_extend": None} == {
         "duration": 5, "size": "1280*720", "seed": 7, "audio": True, "watermark": False, "prompt_extend": None}
     clip = tmp_path / "fox.mp4"
     assert probe(clip).duration_s == pytest.approx(5, abs=0.2) and has_audio(clip)
     assert "wan2.6 (DashScope)" in output and "Wrote fox.mp4" in output
     assert keyed_fake.submits == {"a red fox running through fresh snow": 1}
+    throttled_submit, submit = keyed_fake.requests_to("t2v")
+    throttled_poll, poll = keyed_fake.requests_to("poll")[:2]
+    assert submit.at - throttled_submit.at >= 0.5 and poll.at - throttled_poll.at >= 0.5  # Retry-After honoured
     assert ENV_KEY not in output and ENV_KEY not in _stored(tmp_path)
 
 

@@ -36,7 +36,7 @@ from bot.models import GenerationSpec, Mode, TaskState, TaskStatus
 if TYPE_CHECKING:
     from bot.settings import Settings
 
-__all__ = ["DashScopeBackend", "IMAGE_RULES", "DEFAULT_BASE_URL"]
+__all__ = ["DEFAULT_BASE_URL", "IMAGE_RULES", "DashScopeBackend"]
 
 _log = logging.getLogger(__name__)
 
@@ -66,7 +66,8 @@ _STATUSES: dict[str, TaskStatus] = {
     "UNKNOWN": TaskStatus.FAILED,
 }
 
-_CONTENT_CODES = ("DataInspectionFailed", "DataInspection", "IPInfringementSuspect", "data_inspection_failed")
+_CONTENT_CODES = ("DataInspection", "IPInfringement", "data_inspection")
+"""Prefixes of DashScope's content-check codes (``DataInspectionFailed``, ``IPInfringementSuspect``)."""
 _CONTENT_REFUSED = "the provider's content check refused this prompt (or its image); try other words"
 _MISCONFIGURED = "The bot is misconfigured: the video service did not accept its key. An admin has been told."
 _ACCOUNT = "The bot's video service account needs attention (billing or access). An admin has been told."
@@ -132,7 +133,7 @@ class DashScopeBackend:
         t2v_model: str | None = None,
         i2v_model: str | None = None,
         max_concurrency: int | None = None,
-    ) -> "DashScopeBackend":
+    ) -> DashScopeBackend:
         """The backend ``VIDEOBOT_BACKEND=dashscope`` (or a ``[backends.NAME]`` table) asks for."""
         if not settings.dashscope_api_key:
             raise ConfigurationError(

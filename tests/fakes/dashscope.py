@@ -13,7 +13,8 @@ what DashScope does, not against what the backend expects:
   ``duration`` among its lengths (wan2.5 only 5 or 10), ``img_url`` a data URI of a JPEG, PNG,
   WEBP or BMP of 360–2000 px a side and at most 10 MB (its size is recorded);
   refusals are 400 ``{code, message, request_id}``;
-- tasks go PENDING → RUNNING → SUCCEEDED one poll at a time (``hold`` keeps them RUNNING);
+- tasks go PENDING → RUNNING → SUCCEEDED one poll at a time (``busy`` keeps them PENDING,
+  ``hold`` keeps them RUNNING);
   ``fail_next`` makes the next task end FAILED with a code and message; cancel works only
   while PENDING (else 400 ``UnsupportedOperation``); an unknown id polls as UNKNOWN;
 - ``output.video_url`` is a signed OSS-style link on another port (another origin) whose ``Expires`` is
@@ -109,6 +110,8 @@ class FakeDashScope:
         self.url_ttl_s = url_ttl_s
         self.hold = False
         """True: tasks stay RUNNING until a test sets it back to False."""
+        self.busy = False
+        """True: tasks stay PENDING (the account's two task slots are taken), so they can be canceled."""
         self.requests: list[RecordedRequest] = []
         self.tasks: dict[str, Task] = {}
         self.submits: Counter[str] = Counter()
@@ -293,7 +296,7 @@ class FakeDashScope:
             return web.json_response({"request_id": request_id,
                                       "output": {"task_id": request.match_info["task_id"], "task_status": "UNKNOWN"}})
         task.polls += 1
-        if task.status == "PENDING":
+        if task.status == "PENDING" and not self.busy:
             task.status = "RUNNING"
         elif task.status == "RUNNING" and not self.hold:
             task.status = "FAILED" if task.failure else "SUCCEEDED"
