@@ -125,6 +125,14 @@ async def test_a_small_png_frame_is_scaled_up_to_the_360_px_minimum(fake: FakeDa
     assert (width, height, mime) == (640, 360, "image/png")
 
 
+async def test_an_image_too_long_and_thin_for_dashscope_is_refused_before_sending(
+    fake: FakeDashScope, backend: DashScopeBackend
+) -> None:
+    with pytest.raises(BackendError, match="too long and thin"):
+        await backend.submit(t2v(image=photo(1280, 200), image_mime="image/jpeg", model="wan2.6-i2v"))
+    assert fake.requests == []
+
+
 async def test_wan25_takes_only_5_or_10_seconds_and_the_refusal_is_the_providers(fake: FakeDashScope) -> None:
     backend = DashScopeBackend(fake.base_url, KEY, t2v_model="wan2.5-t2v-preview", i2v_model="wan2.5-i2v-preview")
     try:
@@ -356,6 +364,8 @@ async def test_a_failed_task_tells_the_person_why(tmp_path: Path, keyed_fake: Fa
     text = " ".join(output.split())
     assert rc == 1 and "could not make this video: The algorithm ran out of memory" in text, output
     assert "failed" in text and keyed_fake.submits == {"a storm at sea": 1}
+    rc, usage = await videobot(tmp_path, _env(tmp_path, keyed_fake), "usage")
+    assert rc == 0 and "cli" not in usage, usage  # a failed job is not counted
 
 
 async def test_a_wrong_key_says_misconfigured_and_logs_for_the_admin_without_the_key(

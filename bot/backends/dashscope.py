@@ -29,7 +29,7 @@ import httpx
 
 from bot.backends._client import ProviderClient, clip_text, response_json
 from bot.catalog import ModelSpec, model_spec
-from bot.errors import BackendError, ConfigurationError
+from bot.errors import BackendError, ConfigurationError, InvalidRequest
 from bot.images import ImageRules, fit_image
 from bot.models import GenerationSpec, Mode, TaskState, TaskStatus
 
@@ -175,7 +175,10 @@ class DashScopeBackend:
         if spec.image is not None:
             if not spec.image_mime:
                 raise BackendError("The image has no known type; attach a PNG or JPEG.")
-            data, mime = await asyncio.to_thread(fit_image, spec.image, spec.image_mime, IMAGE_RULES)
+            try:
+                data, mime = await asyncio.to_thread(fit_image, spec.image, spec.image_mime, IMAGE_RULES)
+            except InvalidRequest as refused:  # a banner-shaped image cannot meet 360–2000 px a side
+                raise BackendError(str(refused)) from refused
             encoded = f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
             body_input["first_frame_url" if keyframes else "img_url"] = encoded
             parameters["resolution"] = spec.tier.upper()
