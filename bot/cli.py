@@ -261,6 +261,7 @@ def simulator(
     hang: Annotated[bool, typer.Option(help="Tasks never finish.")] = False,
     bad_video: Annotated[bool, typer.Option(help="Finished tasks serve garbage instead of an mp4.")] = False,
     cache_clips: Annotated[bool, typer.Option(help="Render once per shape and reuse (benchmarks).")] = False,
+    audio: Annotated[bool, typer.Option("--audio", help="Clips carry a tone as sound (pitch follows the seed).")] = False,
     max_parallel: Annotated[int, typer.Option(help="Tasks rendered at once; the rest wait queued.")] = 4,
     files_dir: Annotated[Optional[Path], typer.Option(help="Where clips are kept.")] = None,
     api_key: Annotated[str, typer.Option(envvar="SIMULATOR_API_KEY", help="Require this bearer key.")] = "",
@@ -271,7 +272,7 @@ def simulator(
     configure_logging(os.environ.get("VIDEOBOT_LOG_LEVEL", "INFO").upper(), [api_key] if api_key else [])
     options = SimulatorOptions(
         latency_s=latency, fail_rate=fail_rate, http_429_rate=rate_limit_rate, http_500_rate=error_rate,
-        hang=hang, bad_video=bad_video, cache_clips=cache_clips,
+        hang=hang, bad_video=bad_video, cache_clips=cache_clips, audio=audio,
     )
     run_simulator(host, port, options, files_dir=files_dir, api_key=api_key or None, max_parallel=max_parallel)
 
