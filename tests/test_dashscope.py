@@ -433,6 +433,14 @@ async def test_a_slack_command_gets_a_dashscope_clip_in_its_thread(tmp_path: Pat
         assert fake.submits == {"a heron taking off from a misty lake": 1}
         assert fake.requests_to("t2v")[0].json["parameters"]["size"] == "1280*720"
 
+        await slack.command("a quiet snowfall --duration 2 --silent")
+        [_, silent] = await slack.wait_jobs(2)
+        silent = await slack.finished(silent.id or 0)
+        assert silent.job_state is JobState.SUCCEEDED, silent.error
+        assert fake.requests_to("t2v")[1].json["parameters"]["audio"] is False
+        clip.write_bytes(slack_api.files[silent.delivered_ref or ""].content)
+        assert not has_audio(clip)
+
 
 # -- kill -9 of a real `videobot serve` ---------------------------------------------------------
 
