@@ -265,8 +265,9 @@ async def test_an_expired_video_link_is_explained(fal: FakeFal, tmp_path: Path) 
 
 
 def fal_env(tmp_path: Path, fake: FakeFal, **extra: str) -> dict[str, str]:
-    return subprocess_env(tmp_path, VIDEOBOT_BACKEND="fal", FAL_KEY=KEY, FAL_QUEUE_RUN_HOST=fake.host,
-                          SSL_CERT_FILE=str(fake.ca_path), VIDEOBOT_LOG_LEVEL="WARNING", COLUMNS="120", **extra)
+    values = {"VIDEOBOT_BACKEND": "fal", "FAL_KEY": KEY, "FAL_QUEUE_RUN_HOST": fake.host,
+              "SSL_CERT_FILE": str(fake.ca_path), "VIDEOBOT_LOG_LEVEL": "WARNING", "COLUMNS": "120", **extra}
+    return subprocess_env(tmp_path, **values)
 
 
 async def videobot(tmp_path: Path, env: dict[str, str], *args: str) -> tuple[int, str]:
