@@ -170,6 +170,10 @@ class ClipInfo:
     frames: int
     codec: str
     size_bytes: int
+    has_audio: bool = False
+    """True when the file carries a sound track (hosted Wan 2.5/2.6 clips do)."""
+    audio_duration_s: float = 0.0
+    """How long the sound track lasts; 0.0 without one."""
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from PIL import Image
 from bot import media
 from bot.errors import BackendError
 from bot.models import ClipInfo
+from tests.clips import lavfi_clip
 
 W, H, FPS = 64, 48, 16
 RED, GREEN, BLUE = (220, 30, 30), (30, 200, 30), (30, 30, 220)
@@ -238,3 +239,174 @@ def test_encode_frames_removes_the_partial_file_when_the_frames_stop_with_an_err
     with pytest.raises(Canceled):
         media.encode_frames(frames_then_cancel(), out, width=W, height=H, fps=FPS)
     assert not out.exists()
+
+
+# -- sound: hosted Wan 2.5/2.6 clips carry it, and it must reach the person in step ------------
+
+SR = 8000
+"""Sample rate the sound tests decode at: plenty for tones up to 1.5 kHz, and small arrays."""
+SW, SH = 160, 96
+
+
+def tone_clip(path: Path, sound: str | None, *, seconds: float = 1.0, fps: int = FPS, noisy: bool = False) -> Path:
+    """A small clip with ``sound`` (an ``aevalsrc``/``sine`` lavfi source) as its AAC track."""
+    picture = f"nullsrc=s={SW}x{SH}:r={fps}:d={seconds},geq=random(1)*255:128:128" if noisy else (
+        f"testsrc2=s={SW}x{SH}:r={fps}:d={seconds}"
+    )
+    return lavfi_clip(path, picture, audio=sound)
+
+
+def decoded_sound(path: Path) -> np.ndarray:
+    """The clip's sound as a player hears it (ffmpeg applies the AAC priming trim), mono, SR Hz."""
+    pcm = subprocess.run(
+        [media.ffmpeg_exe(), "-loglevel", "error", "-i", str(path), "-map", "0:a:0", "-f", "f32le", "-ac", "1",
+         "-ar", str(SR), "-"],
+        capture_output=True, check=True, timeout=30,
+    ).stdout
+    return np.frombuffer(pcm, np.float32)
+
+
+def loudness_at(samples: np.ndarray, start_s: float, end_s: float, frequency_hz: float) -> float:
+    """How strongly ``frequency_hz`` sounds between two instants (amplitude of its DFT bin)."""
+    window = samples[int(start_s * SR) : int(end_s * SR)]
+    t = np.arange(len(window)) / SR
+    return float(np.abs(np.sum(window * np.exp(-2j * np.pi * frequency_hz * t))) * 2 / max(len(window), 1))
+
+
+def dominant_hz(samples: np.ndarray, start_s: float, end_s: float, candidates: tuple[float, ...]) -> float:
+    return max(candidates, key=lambda f: loudness_at(samples, start_s, end_s, f))
+
+
+@pytest.fixture(scope="module")
+def sounding(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("sound")
+    frame = 1 / FPS
+    return {
+        "a440": tone_clip(folder / "a440.mp4", "sine=f=440:d=1"),
+        # the continuation's first frame repeats its predecessor's last: its sound (1000 Hz) must go
+        # with it, and 1500 Hz must start exactly where the continuation's own picture starts
+        "b1500": tone_clip(
+            folder / "b1500.mp4", f"aevalsrc=0.5*sin(2*PI*if(lt(t\\,{frame})\\,1000\\,1500)*t):s=44100:d=1"
+        ),
+        "silent": tone_clip(folder / "silent.mp4", None),
+    }
+
+
+@pytest.mark.timeout(30)
+def test_probe_reports_the_sound_track(sounding: dict[str, Path]) -> None:
+    heard, mute = media.probe(sounding["a440"]), media.probe(sounding["silent"])
+
+    assert heard.has_audio and heard.audio_duration_s == pytest.approx(1.0, abs=0.03)
+    assert (heard.frames, heard.width, heard.height) == (FPS, SW, SH)
+    assert not mute.has_audio and mute.audio_duration_s == 0.0
+    media.check_clip(heard, duration_s=1, width=SW, height=SH, fps=FPS)
+
+
+@pytest.mark.timeout(30)
+def test_concat_keeps_each_segments_sound_in_step_with_its_picture(sounding: dict[str, Path], tmp_path: Path) -> None:
+    joined = media.concat([sounding["a440"], sounding["b1500"]], tmp_path / "joined.mp4")
+
+    info = media.probe(joined)
+    assert info.frames == 2 * FPS - 1 and info.has_audio
+    assert abs(info.audio_duration_s - info.duration_s) <= 1 / FPS
+    sound = decoded_sound(joined)
+    assert abs(len(sound) / SR - info.frames / FPS) <= 1 / FPS
+    seam = FPS / FPS  # the first segment's 16 frames end at 1.0 s; the second's own picture starts there
+    tones = (440.0, 1000.0, 1500.0)
+    assert dominant_hz(sound, 0.05, seam - 0.01, tones) == 440
+    assert dominant_hz(sound, seam - 0.03, seam - 0.005, tones) == 440
+    assert dominant_hz(sound, seam + 0.005, seam + 0.03, tones) == 1500
+    assert dominant_hz(sound, seam + 0.01, len(sound) / SR - 0.01, tones) == 1500
+    # the dropped frame's sound (1000 Hz) is gone, not shifted into the seam
+    assert loudness_at(sound, seam - 0.06, seam + 0.06, 1000) < 0.1 * loudness_at(sound, seam - 0.06, seam + 0.06, 1500)
+
+
+@pytest.mark.timeout(30)
+def test_concat_keeping_every_frame_keeps_every_sample(sounding: dict[str, Path], tmp_path: Path) -> None:
+    joined = media.concat(
+        [sounding["a440"], sounding["b1500"]], tmp_path / "joined.mp4", drop_first_frame_after_first=False
+    )
+
+    sound = decoded_sound(joined)
+    assert media.probe(joined).frames == 2 * FPS
+    assert abs(len(sound) / SR - 2.0) <= 1 / FPS
+    assert dominant_hz(sound, 1.005, 1.0 + 1 / FPS - 0.005, (440.0, 1000.0, 1500.0)) == 1000
+
+
+@pytest.mark.timeout(30)
+def test_concat_gives_a_segment_without_sound_silence_of_its_length(sounding: dict[str, Path], tmp_path: Path) -> None:
+    joined = media.concat([sounding["silent"], sounding["a440"]], tmp_path / "joined.mp4")
+
+    info = media.probe(joined)
+    sound = decoded_sound(joined)
+    assert info.has_audio and abs(info.audio_duration_s - info.duration_s) <= 1 / FPS
+    assert np.sqrt(np.mean(sound[: int(0.95 * SR)] ** 2)) < 0.005
+    assert dominant_hz(sound, 1.01, 1.5, (440.0, 1000.0)) == 440 and loudness_at(sound, 1.01, 1.5, 440) > 0.1
+
+
+@pytest.mark.timeout(30)
+def test_concat_of_silent_segments_stays_silent(sounding: dict[str, Path], tmp_path: Path) -> None:
+    info = media.probe(media.concat([sounding["silent"], sounding["silent"]], tmp_path / "joined.mp4"))
+
+    assert not info.has_audio and info.frames == 2 * FPS - 1
+
+
+@pytest.mark.timeout(60)
+def test_fit_to_size_keeps_the_sound_when_the_budget_allows(tmp_path: Path) -> None:
+    big = tone_clip(tmp_path / "big.mp4", "sine=f=440:d=3", seconds=3, noisy=True)
+    cap = 150_000
+    assert big.stat().st_size > 2 * cap
+
+    fitted = media.fit_to_size(big, tmp_path / "fitted.mp4", cap)
+
+    info = media.probe(fitted)
+    assert info.size_bytes <= cap and info.has_audio
+    assert info.audio_duration_s == pytest.approx(3.0, abs=1 / FPS)
+    assert dominant_hz(decoded_sound(fitted), 0.5, 2.5, (440.0, 1000.0)) == 440
+
+
+@pytest.mark.timeout(60)
+def test_fit_to_size_drops_the_sound_only_when_the_budget_is_too_small(tmp_path: Path) -> None:
+    big = tone_clip(tmp_path / "big.mp4", "sine=f=440:d=3", seconds=3, noisy=True)
+    cap = 30_000  # about 70 kbit/s in all: 32 kbit/s of sound would leave the picture too little
+
+    info = media.probe(media.fit_to_size(big, tmp_path / "fitted.mp4", cap))
+
+    assert info.size_bytes <= cap and not info.has_audio
+    assert info.duration_s == pytest.approx(3.0, abs=1 / FPS)
+
+
+@pytest.mark.timeout(30)
+def test_strip_audio_removes_the_sound_and_copies_the_picture(sounding: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "silent.mp4"
+
+    stripped = media.strip_audio(sounding["a440"], out)
+
+    info, before = media.probe(stripped), media.probe(sounding["a440"])
+    assert stripped == out and not info.has_audio
+    assert (info.frames, info.width, info.height, info.codec) == (before.frames, SW, SH, "h264")
+    with av.open(str(out)) as remuxed, av.open(str(sounding["a440"])) as original:
+        assert [bytes(p) for p in remuxed.demux(video=0) if p.size] == [bytes(p) for p in original.demux(video=0) if p.size]
+
+
+@pytest.mark.timeout(30)
+def test_strip_audio_leaves_a_clip_without_sound(sounding: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "silent.mp4"
+
+    assert media.strip_audio(sounding["silent"], out) == sounding["silent"]
+    assert not out.exists()
+
+
+@pytest.mark.timeout(30)
+def test_encode_frames_muxes_a_sound_file(tmp_path: Path) -> None:
+    from bot.provider import render
+
+    tone = render.write_tone(tmp_path / "tone.wav", frequency_hz=render.tone_hz(3), seconds=0.5)
+    frames = [np.full((H, W, 3), BLUE, np.uint8)] * (FPS // 2)
+
+    clip = media.encode_frames(frames, tmp_path / "clip.mp4", width=W, height=H, fps=FPS, audio=tone)
+
+    info = media.probe(clip)
+    assert info.has_audio and info.audio_duration_s == pytest.approx(0.5, abs=1 / FPS)
+    assert render.tone_hz(3) == 600
+    assert dominant_hz(decoded_sound(clip), 0.05, 0.45, (500.0, 600.0, 700.0)) == 600
