@@ -315,6 +315,17 @@ async def test_twenty_seconds_are_ten_plus_ten_stitched_with_sound(fal: FakeFal,
     assert has_audio(tmp_path / "train.mp4"), "the stitched clip lost its sound track"
 
 
+async def test_silent_sends_no_extra_field_and_the_clip_comes_without_sound(fal: FakeFal, make_core, receiver) -> None:
+    core = await make_core("", backend=backend(fal))
+    job = await core.service.submit(parse_request("a quiet forest --silent --duration 5 --resolution 480p"),
+                                    webhook_origin(receiver))
+    await receiver.wait_for(job.id, "delivered", 30)
+    [submit] = fal.requests_to("submit")
+    assert set(submit.json) == {"prompt", "seed", "resolution", "duration", "aspect_ratio"}  # wan-25 has no switch
+    [delivered] = [d for d in receiver.deliveries.values() if d.job_id == job.id]
+    assert not has_audio(delivered.path), "--silent: the runner strips fal's sound after download"
+
+
 async def test_a_refused_prompt_fails_the_job_naming_the_field_and_is_not_counted(
     fal: FakeFal, make_core, receiver
 ) -> None:
