@@ -18,11 +18,14 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import av
 import httpx
 import pytest
 from PIL import Image
 
+from adapters.slack import build_adapter
+from bot.app import Core
 from bot.backends.fal import FalBackend
 from bot.errors import BackendError, ConfigurationError
 from bot.grammar import parse_request
@@ -32,6 +35,9 @@ from bot.settings import Settings
 from tests.conftest import subprocess_env, webhook_origin
 from tests.fakes.fal import I2V, KEY, T2V, FakeFal
 from tests.fakes.provider import Reply
+from tests.fakes.slack_api import BOT_TOKEN, SIGNING_SECRET, FakeSlack
+from tests.fakes.webhook_receiver import WebhookReceiver
+from tests.test_slack_e2e import LIMITS, SlackBot
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -340,12 +346,6 @@ async def test_a_refused_prompt_fails_the_job_naming_the_field_and_is_not_counte
 
 
 async def test_a_slack_command_gets_a_fal_clip_in_its_thread(fal: FakeFal, tmp_path: Path) -> None:
-    from tests.test_slack_e2e import LIMITS, SlackBot
-    from adapters.slack import build_adapter
-    from bot.app import Core
-    import aiohttp
-    from tests.fakes.slack_api import BOT_TOKEN, SIGNING_SECRET, FakeSlack
-
     slack_fake = await FakeSlack().start()
     (tmp_path / "videobot.toml").write_text(LIMITS)
     settings = Settings(backend="fal", fal_key=KEY, fal_host=fal.host, ssl_cert_file=str(fal.ca_path),
@@ -389,8 +389,6 @@ def _free_port() -> int:
 async def test_kill_9_mid_request_resumes_from_the_stored_status_url_with_one_submit(
     fal: FakeFal, tmp_path: Path
 ) -> None:
-    from tests.fakes.webhook_receiver import WebhookReceiver
-
     api_key, port = "vb-test-key-0123456789", _free_port()
     env = fal_env(tmp_path, fal, VIDEOBOT_API_KEY=api_key, VIDEOBOT_HTTP_PORT=str(port), VIDEOBOT_LOG_LEVEL="INFO",
                   VIDEOBOT_PROGRESS_INTERVAL="0.5")
