@@ -33,7 +33,7 @@ from bot.media import probe
 from bot.models import GenerationSpec, TaskState, TaskStatus
 from bot.settings import Settings
 from tests.conftest import subprocess_env, webhook_origin
-from tests.fakes.fal import I2V, KEY, T2V, FakeFal
+from tests.fakes.fal import A14B_I2V, A14B_T2V, I2V, KEY, T2V, FakeFal
 from tests.fakes.provider import Reply
 from tests.fakes.slack_api import BOT_TOKEN, SIGNING_SECRET, FakeSlack
 from tests.fakes.webhook_receiver import WebhookReceiver
@@ -254,6 +254,24 @@ async def test_images_are_fitted_to_wans_first_frame_limits(fal: FakeFal) -> Non
     assert first.refusal == second.refusal == []
     body = fal.requests_to("submit")[1].json
     assert "aspect_ratio" not in body and body["duration"] == "10" and body["image_url"].startswith("data:image/jpeg;base64,")
+
+
+async def test_wan_22_a14b_endpoints_count_frames_instead_of_seconds(fal: FakeFal, tmp_path: Path) -> None:
+    client = backend(fal, t2v_model=A14B_T2V, i2v_model=A14B_I2V)
+    try:
+        states = await finish(client, await client.submit(spec(width=832, height=480, fps=16)))
+        clip = await client.fetch(states[-1], tmp_path / "clip.mp4", 10_000_000)
+        await client.submit(spec(width=832, height=480, fps=16, image=jpeg(800, 600), image_mime="image/jpeg"))
+    finally:
+        await client.aclose()
+    text, image = fal.requests_to("submit")
+    assert text.path == f"/{A14B_T2V}" and text.json == {
+        "prompt": "a red fox in fresh snow", "seed": 7, "resolution": "480p", "num_frames": 81,
+        "frames_per_second": 16, "aspect_ratio": "16:9"}
+    assert image.path == f"/{A14B_I2V}" and image.json["aspect_ratio"] == "auto" and "duration" not in image.json
+    assert [t.refusal for t in fal.tasks.values()] == [[], []]
+    assert probe(clip).duration_s == pytest.approx(81 / 16, abs=0.1)
+    assert client.label == "wan/v2.2-a14b (fal)" and client.max_segment_s == 5
 
 
 async def test_an_expired_video_link_is_explained(fal: FakeFal, tmp_path: Path) -> None:

@@ -11,8 +11,8 @@ its Python client, so ``FalBackend`` is tested over real TLS and real HTTP:
   (with ``error`` for a failed request), ``logs`` when asked with ``?logs=1``;
 - ``GET response_url`` gives ``{"video": {"url"}}``, a 422 ``{"detail": [{loc, msg, type}]}``
   for an input the model refuses (wan-25's schema: duration "5"/"10", resolution tiers,
-  aspect ratios, prompt up to 800 characters, image sides 360–2000 px, no unknown field), or a
-  500 for a failed request;
+  aspect ratios, prompt up to 800 characters, image sides 360–2000 px, no unknown field; Wan
+  2.2 A14B's frame counts), or a 500 for a failed request;
 - ``PUT cancel_url`` answers 202 ``CANCELLATION_REQUESTED`` while queued, 400 after;
 - the clip comes from a second origin standing for fal.media, on an expiring URL, made by
   ffmpeg with a sound track (wan-25 always makes sound) and as long as asked.
@@ -53,7 +53,14 @@ I2V = "fal-ai/wan-25-preview/image-to-video"
 
 _COMMON = {"prompt", "negative_prompt", "audio_url", "resolution", "duration", "enable_prompt_expansion", "seed",
            "enable_safety_checker"}
-_FIELDS = {T2V: _COMMON | {"aspect_ratio"}, I2V: _COMMON | {"image_url"}}
+A14B_T2V = "fal-ai/wan/v2.2-a14b/text-to-video"
+A14B_I2V = "fal-ai/wan/v2.2-a14b/image-to-video"
+_A14B = {"prompt", "negative_prompt", "seed", "resolution", "aspect_ratio", "num_frames", "frames_per_second",
+         "num_inference_steps", "enable_safety_checker", "enable_prompt_expansion", "acceleration", "guidance_scale",
+         "shift", "video_quality"}
+_FIELDS = {T2V: _COMMON | {"aspect_ratio"}, I2V: _COMMON | {"image_url"}, A14B_T2V: _A14B,
+           A14B_I2V: _A14B | {"image_url"}}
+_IMAGE_ENDPOINTS = (I2V, A14B_I2V)
 
 
 @dataclass(frozen=True)
@@ -272,7 +279,10 @@ class FakeFal:
             return web.json_response({"detail": task.error}, status=500, headers={"X-Fal-Error-Type": "runner_error"})
         if task.refusal:
             return web.json_response({"detail": task.refusal}, status=422)
-        seconds = float(task.input.get("duration", "5"))
+        if task.endpoint.startswith("fal-ai/wan/v2.2-a14b/"):
+            seconds = int(task.input.get("num_frames", 81)) / int(task.input.get("frames_per_second", 16))
+        else:
+            seconds = float(task.input.get("duration", "5"))
         size = len(await self._clip(seconds))
         expires = int(time.time() + self.url_ttl_s)
         url = f"{self.cdn_origin}/files/{task.id[:8]}{seconds:g}/output.mp4?expires={expires}"
@@ -300,7 +310,8 @@ class FakeFal:
     # -- the model -----------------------------------------------------------------------------
 
     def _validate(self, task: FalRequest) -> list[dict[str, Any]]:
-        """What wan-25's input schema refuses, as FastAPI's validation detail."""
+        """What the endpoint's input schema refuses (wan-25's, or Wan 2.2 A14B's), as FastAPI's
+        validation detail."""
         body, problems = task.input, []
 
         def refuse(name: str, msg: str, kind: str) -> None:
@@ -313,13 +324,23 @@ class FakeFal:
             refuse("prompt", "Field required", "missing")
         elif len(prompt) > 800:
             refuse("prompt", "String should have at most 800 characters", "string_too_long")
-        if body.get("duration", "5") not in ("5", "10"):
-            refuse("duration", "Input should be '5' or '10'", "enum")
-        if body.get("resolution", "1080p") not in ("480p", "720p", "1080p"):
-            refuse("resolution", "Input should be '480p', '720p' or '1080p'", "enum")
-        if "aspect_ratio" in body and body["aspect_ratio"] not in ("16:9", "9:16", "1:1"):
-            refuse("aspect_ratio", "Input should be '16:9', '9:16' or '1:1'", "enum")
-        if task.endpoint == I2V:
+        if task.endpoint in (T2V, I2V):
+            if body.get("duration", "5") not in ("5", "10"):
+                refuse("duration", "Input should be '5' or '10'", "enum")
+            if body.get("resolution", "1080p") not in ("480p", "720p", "1080p"):
+                refuse("resolution", "Input should be '480p', '720p' or '1080p'", "enum")
+            if "aspect_ratio" in body and body["aspect_ratio"] not in ("16:9", "9:16", "1:1"):
+                refuse("aspect_ratio", "Input should be '16:9', '9:16' or '1:1'", "enum")
+        else:
+            if not 17 <= int(body.get("num_frames", 81)) <= 161:
+                refuse("num_frames", "Input should be between 17 and 161", "less_than_equal")
+            if not 4 <= int(body.get("frames_per_second", 16)) <= 60:
+                refuse("frames_per_second", "Input should be between 4 and 60", "less_than_equal")
+            if body.get("resolution", "720p") not in ("480p", "580p", "720p"):
+                refuse("resolution", "Input should be '480p', '580p' or '720p'", "enum")
+            if body.get("aspect_ratio", "auto") not in ("auto", "16:9", "9:16", "1:1"):
+                refuse("aspect_ratio", "Input should be 'auto', '16:9', '9:16' or '1:1'", "enum")
+        if task.endpoint in _IMAGE_ENDPOINTS:
             problem = self._image(task, body.get("image_url"))
             if problem:
                 refuse("image_url", problem, "value_error")
