@@ -13,6 +13,7 @@ import json
 import logging
 import signal
 import socket
+import sqlite3
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -463,3 +464,8 @@ async def test_kill_9_mid_request_resumes_from_the_stored_status_url_with_one_su
     delivered = [d for d in receiver.deliveries.values() if d.job_id == job_id]
     assert len(delivered) == 1 and has_audio(delivered[0].path)
     assert "resuming from" in log.read_text() and KEY not in log.read_text()
+    database = tmp_path / "data" / "videobot.db"
+    with sqlite3.connect(database) as db:
+        [(stored,)] = db.execute("SELECT task_id FROM jobs").fetchall()
+    assert json.loads(stored)["status"] == f"https://{fal.host}{QUEUE_APP}/requests/{task.id}/status"
+    assert KEY.encode() not in database.read_bytes()
