@@ -100,20 +100,25 @@ async def build_backend(
             model=model or settings.wan_model,
             name=name or "http",
             max_concurrency=concurrency,
+            audio=settings.wan_audio,
         )
     if kind == "simulator":
         from bot.provider.server import bound_port, serve_provider
-        from bot.provider.simulator import build_simulator_app
+        from bot.provider.simulator import SimulatorOptions, build_simulator_app
 
         files = settings.data_dir / "simulator"
         files.mkdir(parents=True, exist_ok=True)
-        runner = await serve_provider(build_simulator_app(files_dir=files, max_parallel=concurrency), "127.0.0.1", 0)
+        simulator = build_simulator_app(
+            SimulatorOptions(audio=settings.wan_audio), files_dir=files, max_parallel=concurrency
+        )
+        runner = await serve_provider(simulator, "127.0.0.1", 0)
         embedded.runners.append(runner)
         return HttpBackend(
             f"http://127.0.0.1:{bound_port(runner)}/v1",
             name=name or "simulator",
             label=SIMULATOR_LABEL,
             max_concurrency=concurrency,
+            audio=settings.wan_audio,
         )
     if kind == "diffusers":
         from bot.gpu import DiffusersBackend, LoadOptions, Offload, Preset

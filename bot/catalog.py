@@ -243,10 +243,11 @@ MODELS: dict[str, ModelSpec] = {
     )
 }
 
-def own_generator(name: str, max_segment_s: int) -> ModelSpec:
+def own_generator(name: str, max_segment_s: int, *, audio: bool = False) -> ModelSpec:
     """The entry for the simulator, a self-hosted worker or the local GPU: any size and rate the
-    limits allow, made exactly, up to ``max_segment_s`` a call."""
-    return ModelSpec(name, _BOTH, TIERS, Durations.between(1, max_segment_s), (16, 24), exact=True)
+    limits allow, made exactly, up to ``max_segment_s`` a call; ``audio`` when its clips come
+    with sound (``videobot simulator --audio``)."""
+    return ModelSpec(name, _BOTH, TIERS, Durations.between(1, max_segment_s), (16, 24), audio=audio, exact=True)
 
 
 def model_spec(name: str) -> ModelSpec:

@@ -143,6 +143,7 @@ def generate(
     seed: Annotated[Optional[str], typer.Option(help="Repeat a result exactly.")] = None,
     negative: Annotated[Optional[str], typer.Option(help="What to keep out.")] = None,
     hq: Annotated[bool, typer.Option("--hq", help="Higher quality, slower.")] = False,
+    silent: Annotated[bool, typer.Option("--silent", help="No sound, on models that make it.")] = False,
 ) -> None:
     """Make one clip through the same service the bots use, and write it to --output."""
     settings = _settings()
@@ -155,7 +156,7 @@ def generate(
             picture = load_image(image.read_bytes(), max_bytes=limits.max_image_bytes, max_pixels=limits.max_image_pixels)
         request = build_request(
             prompt, duration=duration, aspect=aspect, resolution=resolution, fps=fps, seed=seed,
-            negative=negative, hq=hq, image=picture,
+            negative=negative, hq=hq, image=picture, silent=silent,
         )
         code = asyncio.run(_generate(settings, request, output))
     except (VideobotError, LimitsError) as error:
@@ -261,6 +262,7 @@ def simulator(
     hang: Annotated[bool, typer.Option(help="Tasks never finish.")] = False,
     bad_video: Annotated[bool, typer.Option(help="Finished tasks serve garbage instead of an mp4.")] = False,
     cache_clips: Annotated[bool, typer.Option(help="Render once per shape and reuse (benchmarks).")] = False,
+    audio: Annotated[bool, typer.Option("--audio", help="Clips carry a tone as sound (pitch follows the seed).")] = False,
     max_parallel: Annotated[int, typer.Option(help="Tasks rendered at once; the rest wait queued.")] = 4,
     files_dir: Annotated[Optional[Path], typer.Option(help="Where clips are kept.")] = None,
     api_key: Annotated[str, typer.Option(envvar="SIMULATOR_API_KEY", help="Require this bearer key.")] = "",
@@ -271,7 +273,7 @@ def simulator(
     configure_logging(os.environ.get("VIDEOBOT_LOG_LEVEL", "INFO").upper(), [api_key] if api_key else [])
     options = SimulatorOptions(
         latency_s=latency, fail_rate=fail_rate, http_429_rate=rate_limit_rate, http_500_rate=error_rate,
-        hang=hang, bad_video=bad_video, cache_clips=cache_clips,
+        hang=hang, bad_video=bad_video, cache_clips=cache_clips, audio=audio,
     )
     run_simulator(host, port, options, files_dir=files_dir, api_key=api_key or None, max_parallel=max_parallel)
 

@@ -255,7 +255,7 @@ def concat(paths: Sequence[Path], out: Path, *, drop_first_frame_after_first: bo
         if with_sound:
             chains.append(_sound_chain(index, info, video_start, drop, rate))
             labels.append(f"[a{index}]")
-    streams = f"v=1:a=1[joined][sound]" if with_sound else "v=1:a=0[joined]"
+    streams = "v=1:a=1[joined][sound]" if with_sound else "v=1:a=0[joined]"
     graph = ";".join([*chains, f"{''.join(labels)}concat=n={len(paths)}:{streams}"])
     sound = ["-map", "[sound]", *_AAC_OUTPUT, "-b:a", "128k"] if with_sound else ["-an"]
     _run_ffmpeg(

@@ -25,7 +25,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from bot.backends.base import Backend
 from bot.database import Database
 from bot.errors import BackendError
-from bot.media import check_clip, concat, last_frame_png, probe
+from bot.media import check_clip, concat, last_frame_png, probe, strip_audio
 from bot.metrics import Metrics
 from bot.catalog import ModelSpec
 from bot.models import Clip, ClipInfo, GenerationSpec, Mode, Quality, TaskState, TaskStatus
@@ -306,6 +306,10 @@ class Runner:
         output = self._segment_path(job, 0)
         if job.segment_count > 1 or job.kind == "extend":
             output = await asyncio.to_thread(self._assemble, job)
+        if not job.audio:  # --silent (or a model not meant to make sound), yet the clip may have some
+            known = self._probed.get(output)
+            if known is None or known.has_audio:
+                output = await asyncio.to_thread(strip_audio, output, self._job_dir(job) / "clip-silent.mp4")
         shape: dict[str, int] = {}
         if not self._model(job).exact:  # a hosted model chose the size and rate: record them
             info = self._probed.get(output) or await asyncio.to_thread(probe, output)

@@ -34,6 +34,9 @@ class Settings:
     wan_api_base_url: str = ""
     wan_api_key: str = field(default="", repr=False)
     wan_model: str = "wan-2.6"
+    # http and simulator: the generator makes sound (`videobot simulator --audio`); the built-in
+    # simulator then gives its clips a tone
+    wan_audio: bool = False
     # hosted providers (VIDEOBOT_BACKEND=dashscope, fal or replicate); keys stay in the environment
     dashscope_api_key: str = field(default="", repr=False)
     dashscope_base_url: str = "https://dashscope-intl.aliyuncs.com/api/v1"
@@ -117,6 +120,7 @@ class Settings:
             wan_api_base_url=base_url,
             wan_api_key=_str("WAN_API_KEY"),
             wan_model=_str("WAN_MODEL", "wan-2.6"),
+            wan_audio=_str("WAN_AUDIO").lower() in ("1", "true", "yes"),
             dashscope_api_key=_str("DASHSCOPE_API_KEY"),
             dashscope_base_url=_str("DASHSCOPE_HTTP_BASE_URL", "https://dashscope-intl.aliyuncs.com/api/v1"),
             fal_key=_str("FAL_KEY"),

@@ -138,3 +138,26 @@ def test_check_config_names_the_bad_key(tmp_path: Path) -> None:
     assert "defaults.user_daily_jobs" in " ".join(result.stderr.split())
     _limits(tmp_path, "[defaults]\nuser_daily_jobs = 5\n")
     assert videobot(tmp_path, "check-config").returncode == 0
+
+
+@pytest.mark.timeout(90)
+def test_sound_from_a_simulator_with_audio_is_kept_unless_silent(tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bot", "simulator", "--host", "127.0.0.1", "--port", "0", "--audio"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(tmp_path),
+    )
+    try:
+        assert process.stdout is not None
+        url = process.stdout.readline().split(" at ", 1)[1].split()[0]
+        env = _env(tmp_path, VIDEOBOT_BACKEND="http", WAN_API_BASE_URL=url, WAN_AUDIO="1")
+        made = {}
+        for name, extra in (("loud.mp4", ()), ("quiet.mp4", ("--silent",))):
+            result = videobot(tmp_path, "generate", "a brass band", "--duration", "1", "--resolution", "832x480",
+                              "--output", name, *extra, env=env)
+            assert result.returncode == 0, result.stderr
+            made[name] = probe(tmp_path / name)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    assert made["loud.mp4"].has_audio and made["loud.mp4"].audio_duration_s == pytest.approx(1, abs=1 / 16)
+    assert not made["quiet.mp4"].has_audio and made["quiet.mp4"].frames == 16

@@ -193,3 +193,80 @@ async def test_old_clips_are_removed_on_schedule_and_rows_stay(make_core, receiv
     assert not clip.exists()
     kept = await core.service.status(job.id)
     assert kept.state == "succeeded" and kept.output_path is None and kept.prompt == "a field"
+
+
+async def _sounding_simulator(make_core, tmp_path):
+    """A core whose generator is a simulator that gives every clip a tone (as hosted Wan 2.5/2.6
+    models always make sound), in 1-second segments so a 2-second job is stitched."""
+    from bot.backends.http import HttpBackend
+    from bot.provider.server import bound_port, serve_provider
+    from bot.provider.simulator import SimulatorOptions, build_simulator_app
+
+    files = tmp_path / "sim"
+    files.mkdir()
+    provider = await serve_provider(build_simulator_app(SimulatorOptions(audio=True), files_dir=files), "127.0.0.1", 0)
+    backend = HttpBackend(
+        f"http://127.0.0.1:{bound_port(provider)}/v1", name="simulator", max_segment_s=1, audio=True
+    )
+    return provider, await make_core(f"[defaults]\n{SMALL}", backend=backend)
+
+
+def _tone_at(path, start_s: float, end_s: float, candidates: tuple[int, ...]) -> int:
+    from tests.test_media import SR, decoded_sound, dominant_hz
+
+    sound = decoded_sound(path)
+    assert len(sound) >= int(end_s * SR)
+    return int(dominant_hz(sound, start_s, end_s, tuple(float(c) for c in candidates)))
+
+
+@pytest.mark.timeout(60)
+async def test_a_model_that_makes_sound_delivers_it_stitched_in_step(make_core, receiver, tmp_path) -> None:
+    from bot.provider.render import tone_hz
+
+    provider, core = await _sounding_simulator(make_core, tmp_path)
+    try:
+        job = await core.service.submit(
+            parse_request("a bell ringing --duration 2 --resolution 832x480 --fps 16 --seed 4"), webhook_origin(receiver)
+        )
+        assert job.audio and job.segment_count == 2
+        job = await _finish(core, receiver, job.id)
+    finally:
+        await provider.cleanup()
+    assert job.state == "succeeded", job.error
+    path = _delivered(receiver, job.id).path
+    info = probe(path)
+    assert info.has_audio and info.frames == 2 * 16 - 1
+    assert abs(info.audio_duration_s - info.duration_s) <= 1 / 16
+    first, second = tone_hz(4), tone_hz(5)  # the segments' seeds are 4 and 5
+    assert _tone_at(path, 0.9, 0.99, (first, second)) == first
+    assert _tone_at(path, 1.01, 1.1, (first, second)) == second
+
+
+@pytest.mark.timeout(60)
+async def test_silent_strips_the_sound_a_model_always_makes(make_core, receiver, tmp_path) -> None:
+    provider, core = await _sounding_simulator(make_core, tmp_path)
+    try:
+        job = await core.service.submit(
+            parse_request("a quiet library --duration 1 --resolution 832x480 --fps 16 --silent"), webhook_origin(receiver)
+        )
+        assert not job.audio
+        job = await _finish(core, receiver, job.id)
+    finally:
+        await provider.cleanup()
+    assert job.state == "succeeded", job.error
+    info = probe(_delivered(receiver, job.id).path)
+    assert not info.has_audio
+    assert (info.width, info.height, info.frames) == (832, 480, 16)
+
+
+@pytest.mark.timeout(60)
+async def test_the_built_in_simulator_makes_sound_when_the_settings_say_so(make_core, receiver) -> None:
+    core = await make_core(f"[defaults]\n{SMALL}", wan_audio=True)
+    job = await core.service.submit(
+        parse_request("waves on a beach --duration 1 --resolution 832x480 --fps 16"), webhook_origin(receiver)
+    )
+    assert job.audio
+    job = await _finish(core, receiver, job.id)
+    assert job.state == "succeeded", job.error
+    info = probe(_delivered(receiver, job.id).path)
+    assert info.has_audio and info.audio_duration_s == pytest.approx(1, abs=1 / 16)

@@ -345,6 +345,30 @@ def test_concat_gives_a_segment_without_sound_silence_of_its_length(sounding: di
 
 
 @pytest.mark.timeout(30)
+def test_concat_keeps_a_late_sound_late_and_conforms_a_segment_of_another_rate(
+    sounding: dict[str, Path], tmp_path: Path
+) -> None:
+    late = tmp_path / "late.mp4"  # its sound starts a quarter second after its picture
+    subprocess.run(
+        [media.ffmpeg_exe(), "-loglevel", "error", "-f", "lavfi", "-i", f"testsrc2=s={SW}x{SH}:r={FPS}:d=1",
+         "-itsoffset", "0.25", "-f", "lavfi", "-i", "sine=f=440:d=0.75", "-c:v", "libx264", "-preset", "ultrafast",
+         "-pix_fmt", "yuv420p", "-c:a", "aac", str(late)],
+        check=True, timeout=30,
+    )
+    faster = tone_clip(tmp_path / "faster.mp4", "sine=f=1000:d=1", fps=24)
+
+    joined = media.concat([late, faster], tmp_path / "joined.mp4")
+
+    info = media.probe(joined)
+    assert info.fps == FPS and info.frames == FPS + round(23 / 24 * FPS)
+    sound = decoded_sound(joined)
+    assert abs(len(sound) / SR - info.frames / FPS) <= 1 / FPS
+    assert np.sqrt(np.mean(sound[: int(0.2 * SR)] ** 2)) < 0.005
+    assert dominant_hz(sound, 0.3, 0.95, (440.0, 1000.0)) == 440
+    assert dominant_hz(sound, 1.05, len(sound) / SR - 0.05, (440.0, 1000.0)) == 1000
+
+
+@pytest.mark.timeout(30)
 def test_concat_of_silent_segments_stays_silent(sounding: dict[str, Path], tmp_path: Path) -> None:
     info = media.probe(media.concat([sounding["silent"], sounding["silent"]], tmp_path / "joined.mp4"))
 

@@ -122,7 +122,7 @@ async def test_bad_options_are_refused_naming_the_field(
     assert named in response.json()["error"]["message"]
     assert (await simulator.get("health")).json()["details"]["options"] == {
         "latency_s": 0.0, "fail_rate": 0.0, "http_429_rate": 0.0, "http_500_rate": 0.0,
-        "hang": False, "bad_video": False, "cache_clips": False,
+        "hang": False, "bad_video": False, "cache_clips": False, "audio": False,
     }  # fmt: skip
 
 
@@ -230,6 +230,32 @@ async def test_without_the_cache_each_prompt_gets_its_own_clip(simulator: httpx.
         clips.append((await simulator.get(done["output"]["video_url"])).content)
 
     assert clips[0] != clips[1]
+
+
+async def test_audio_option_gives_each_clip_a_tone_pitched_by_its_seed(
+    simulator: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    from bot.media import probe
+    from bot.provider.render import tone_hz
+    from tests.test_media import decoded_sound, dominant_hz
+
+    assert (await set_options(simulator, audio=True))["audio"] is True
+    heard = {}
+    for seed in (2, 3):
+        done = await wait_for_status(
+            simulator, await submit(simulator, "a choir", seed=seed, duration=1, resolution="832x480"), "succeeded"
+        )
+        path = tmp_path / f"seed-{seed}.mp4"
+        path.write_bytes((await simulator.get(done["output"]["video_url"])).content)
+        info = probe(path)
+        assert info.has_audio and info.audio_duration_s == pytest.approx(info.duration_s, abs=1 / info.fps)
+        heard[seed] = dominant_hz(decoded_sound(path), 0.1, 0.9, (float(tone_hz(2)), float(tone_hz(3))))
+
+    assert heard == {2: tone_hz(2), 3: tone_hz(3)} and tone_hz(2) != tone_hz(3)
+    await set_options(simulator, audio=False)
+    done = await wait_for_status(simulator, await submit(simulator, "a mime", seed=2, duration=1), "succeeded")
+    (tmp_path / "mime.mp4").write_bytes((await simulator.get(done["output"]["video_url"])).content)
+    assert not probe(tmp_path / "mime.mp4").has_audio
 
 
 async def test_long_chinese_prompt_renders_a_moving_clip(simulator: httpx.AsyncClient) -> None:

@@ -115,6 +115,7 @@ class ProviderClient:
         *,
         json: Any = None,
         content: bytes | None = None,
+        files: Mapping[str, tuple[str, bytes, str]] | None = None,
         headers: Mapping[str, str] | None = None,
         stream: bool = False,
         retry: bool = True,
@@ -123,11 +124,12 @@ class ProviderClient:
 
         With ``stream=True`` the body is left unread and the caller must close the response.
         ``retry=False`` sends once (a cancel must not hold up the person who pressed it).
+        ``files`` sends a multipart form, field name to ``(filename, bytes, content type)``.
         """
         attempt = 0
         while True:
             merged = {**self.auth_for(url), **(headers or {})}
-            request = self._client.build_request(method, url, json=json, content=content, headers=merged)
+            request = self._client.build_request(method, url, json=json, content=content, files=files, headers=merged)
             retry_after: float | None = None
             cause: Exception | None = None
             try:

@@ -50,7 +50,8 @@ class HttpBackend:
     """A ``Backend`` for any server speaking the provider REST contract.
 
     The retry and timeout knobs are ``ProviderClient``'s; ``transport`` swaps the network layer
-    (tests, a proxy); leave it ``None`` in production.
+    (tests, a proxy); leave it ``None`` in production. ``audio`` says the server's clips come
+    with sound (``videobot simulator --audio``), so jobs keep it unless ``--silent``.
     """
 
     def __init__(
@@ -63,6 +64,7 @@ class HttpBackend:
         label: str | None = None,
         max_concurrency: int = 4,
         max_segment_s: int = 10,
+        audio: bool = False,
         timeout_s: float = 30.0,
         max_retries: int = 4,
         backoff_base_s: float = 0.5,
@@ -74,7 +76,7 @@ class HttpBackend:
         self.model = model
         self.max_concurrency = max_concurrency
         self.max_segment_s = max_segment_s
-        own = own_generator(model, max_segment_s)
+        own = own_generator(model, max_segment_s, audio=audio)
         self.models = {Mode.TEXT_TO_VIDEO: own, Mode.IMAGE_TO_VIDEO: own}
         self._client = ProviderClient(
             base_url,

@@ -1,4 +1,5 @@
-"""Synthetic frames for the simulator: real, playable video that plainly is not a model's output.
+"""Synthetic frames and sound for the simulator: real, playable video that plainly is not a
+model's output.
 
 Text-to-video draws a drifting gradient with a moving disc and the prompt written on it;
 image-to-video pans and zooms slowly over the given picture (a Ken Burns move). Both are
@@ -7,6 +8,10 @@ frames. Everything expensive (gradient, text, disc mask, cover-fitted image) is 
 clip; a frame is then a slice, a copy and a few small alpha blends, so the frames of a 5 s 720p
 clip take well under a second and encoding dominates. All of it is blocking CPU work: run it in a
 thread.
+
+Sound, for models that make it, is a plain tone whose pitch follows the seed (``tone_hz``):
+consecutive segments of one job have consecutive seeds, so each segment sounds different and a
+test can hear where one ends and the next begins.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ import colorsys
 import io
 import math
 import random
+import wave
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
@@ -23,6 +30,10 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 MAX_IMAGE_PIXELS = 40_000_000
 """Larger source images are refused: decoding them would cost more than the clip itself."""
 
+TONE_SAMPLE_RATE = 48_000
+_TONE_BASE_HZ = 300
+_TONE_STEP_HZ = 100
+_TONE_STEPS = 12
 _MAX_TEXT_LINES = 6
 _ELLIPSIS = "..."
 
@@ -58,6 +69,31 @@ def image_size(data: bytes) -> tuple[int, int]:
     if size[0] * size[1] > MAX_IMAGE_PIXELS:
         raise ValueError(f"image of {size[0]}x{size[1]} pixels is too large")
     return size
+
+
+def tone_hz(seed: int) -> int:
+    """The pitch of the simulator's tone for ``seed``: 300 to 1400 Hz in steps of 100, so seeds
+    next to each other (a job's segments) are 100 Hz apart, easily told apart by an FFT."""
+    return _TONE_BASE_HZ + _TONE_STEP_HZ * (seed % _TONE_STEPS)
+
+
+def write_tone(path: Path, *, frequency_hz: float, seconds: float) -> Path:
+    """Write a mono 16-bit WAV of a sine at ``frequency_hz`` lasting ``seconds``, at half volume
+    with 5 ms fades so it does not click."""
+    count = max(1, round(seconds * TONE_SAMPLE_RATE))
+    t = np.arange(count, dtype=np.float64) / TONE_SAMPLE_RATE
+    signal = 0.5 * np.sin(math.tau * frequency_hz * t)
+    fade = min(count // 2, TONE_SAMPLE_RATE // 200)
+    if fade:
+        ramp = np.linspace(0.0, 1.0, fade)
+        signal[:fade] *= ramp
+        signal[-fade:] *= ramp[::-1]
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(TONE_SAMPLE_RATE)
+        out.writeframes((signal * 32767).astype("<i2").tobytes())
+    return path
 
 
 def scene_frames(

@@ -83,7 +83,9 @@ class SimulatorOptions:
     ``fail_rate`` is the share of tasks that end failed; ``http_429_rate`` and ``http_500_rate``
     the share of submits refused with that status; ``hang`` keeps tasks running until canceled;
     ``bad_video`` serves garbage instead of an mp4; ``cache_clips`` renders one clip per mode,
-    size, duration and fps and reuses it, so a benchmark measures the service, not ffmpeg.
+    size, duration and fps and reuses it, so a benchmark measures the service, not ffmpeg;
+    ``audio`` gives every clip a sound track, a tone whose pitch follows the seed
+    (``render.tone_hz``), as hosted Wan 2.5/2.6 clips come with sound whatever was asked.
     """
 
     latency_s: float = 0.0
@@ -93,6 +95,7 @@ class SimulatorOptions:
     hang: bool = False
     bad_video: bool = False
     cache_clips: bool = False
+    audio: bool = False
 
     def __post_init__(self) -> None:
         for item in dataclasses.fields(self):
@@ -235,6 +238,7 @@ class SimulatorGenerator:
                 caption,
                 dest,
                 options.cache_clips,
+                options.audio,
                 lambda f: on_progress(render_from + (_RENDER_PROGRESS_END - render_from) * f),
                 cancel,
             )
@@ -261,14 +265,17 @@ class SimulatorGenerator:
         caption: str,
         dest: Path,
         use_cache: bool,
+        audio: bool,
         on_progress: ProgressCallback,
         cancel: asyncio.Event,
     ) -> bool:
-        """Write the clip (blocking; runs in a thread). Returns True when it came from the cache."""
+        """Write the clip (blocking; runs in a thread), with a tone track when ``audio``.
+        Returns True when it came from the cache."""
+        sound = "-tone" if audio else ""
         cached = (
             dest.parent
             / "simulator-cache"
-            / f"{spec.mode}-{spec.width}x{spec.height}-{spec.duration_s}s-{spec.fps}fps.mp4"
+            / f"{spec.mode}-{spec.width}x{spec.height}-{spec.duration_s}s-{spec.fps}fps{sound}.mp4"
         )
         if use_cache and cached.is_file():
             shutil.copyfile(cached, dest)
@@ -284,7 +291,14 @@ class SimulatorGenerator:
                 raise BackendError(str(exc)) from None
         else:
             frames = render.scene_frames(caption, count=count, seed=spec.seed, label=_LABEL, **size)
-        encode_frames(_watched(frames, count, on_progress, cancel), dest, fps=spec.fps, **size)
+        tone = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.wav") if audio else None
+        try:
+            if tone is not None:
+                render.write_tone(tone, frequency_hz=render.tone_hz(spec.seed), seconds=count / spec.fps)
+            encode_frames(_watched(frames, count, on_progress, cancel), dest, fps=spec.fps, audio=tone, **size)
+        finally:
+            if tone is not None:
+                tone.unlink(missing_ok=True)
         if use_cache:
             cached.parent.mkdir(exist_ok=True)
             partial = cached.with_name(f".{uuid.uuid4().hex}.part")
