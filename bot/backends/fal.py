@@ -44,7 +44,7 @@ from bot.images import ImageRules, fit_image
 from bot.models import GenerationSpec, Mode, TaskState, TaskStatus
 from bot.settings import Settings
 
-__all__ = ["FalBackend", "DEFAULT_T2V_MODEL", "DEFAULT_I2V_MODEL", "DEFAULT_HOST"]
+__all__ = ["DEFAULT_HOST", "DEFAULT_I2V_MODEL", "DEFAULT_T2V_MODEL", "FalBackend"]
 
 _log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class FalTask:
         )
 
     @classmethod
-    def unpack(cls, task_id: str) -> "FalTask":
+    def unpack(cls, task_id: str) -> FalTask:
         try:
             data = json.loads(task_id)
             return cls(str(data["id"]), str(data["status"]), str(data["result"]), str(data["cancel"]))
@@ -149,7 +149,7 @@ class FalBackend:
         t2v_model: str | None = None,
         i2v_model: str | None = None,
         max_concurrency: int | None = None,
-    ) -> "FalBackend":
+    ) -> FalBackend:
         """The backend ``FAL_KEY``, ``FAL_QUEUE_RUN_HOST`` and ``SSL_CERT_FILE`` describe."""
         return cls(
             settings.fal_key,
