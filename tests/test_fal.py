@@ -271,7 +271,7 @@ async def test_wan_22_a14b_endpoints_count_frames_instead_of_seconds(fal: FakeFa
         "frames_per_second": 16, "aspect_ratio": "16:9"}
     assert image.path == f"/{A14B_I2V}" and image.json["aspect_ratio"] == "auto" and "duration" not in image.json
     assert [t.refusal for t in fal.tasks.values()] == [[], []]
-    assert probe(clip).duration_s == pytest.approx(81 / 16, abs=0.1)
+    assert probe(clip).duration_s == pytest.approx(81 / 16, abs=0.1) and not has_audio(clip)
     assert client.label == "wan/v2.2-a14b (fal)" and client.max_segment_s == 5
 
 
@@ -325,6 +325,19 @@ async def test_generate_animates_a_6000x4000_photo_sent_within_limits(fal: FakeF
     assert task.image_size is not None and all(360 <= side <= 2000 for side in task.image_size)
     assert task.image_bytes < 10 * 1024 * 1024
     assert probe(tmp_path / "sea.mp4").duration_s == pytest.approx(5, abs=0.15)
+
+
+async def test_the_readmes_draft_generator_runs_wan_22_on_fal(fal: FakeFal, tmp_path: Path) -> None:
+    (tmp_path / "videobot.toml").write_text(
+        '[backends.draft]\ntype = "fal"\nt2v_model = "fal-ai/wan/v2.2-a14b/text-to-video"\n'
+        'i2v_model = "fal-ai/wan/v2.2-a14b/image-to-video"\nresolution = "480p"\nprice_per_second = 0.04\n'
+    )
+    code, out = await videobot(tmp_path, fal_env(tmp_path, fal, VIDEOBOT_BACKEND=""), "generate",
+                               "a paper boat on a pond", "--duration", "5", "--output", "boat.mp4")
+    assert code == 0, out
+    [submit] = fal.requests_to("submit")
+    assert submit.path == f"/{A14B_T2V}" and submit.json["num_frames"] == 81 and submit.json["resolution"] == "480p"
+    assert probe(tmp_path / "boat.mp4").duration_s == pytest.approx(81 / 16, abs=0.15)
 
 
 async def test_twenty_seconds_are_ten_plus_ten_stitched_with_sound(fal: FakeFal, tmp_path: Path) -> None:

@@ -15,7 +15,8 @@ its Python client, so ``FalBackend`` is tested over real TLS and real HTTP:
   2.2 A14B's frame counts), or a 500 for a failed request;
 - ``PUT cancel_url`` answers 202 ``CANCELLATION_REQUESTED`` while queued, 400 after;
 - the clip comes from a second origin standing for fal.media, on an expiring URL, made by
-  ffmpeg with a sound track (wan-25 always makes sound) and as long as asked.
+  ffmpeg as long as asked, with a sound track from wan-25 (it always makes sound) and without
+  one from Wan 2.2.
 
 Any route can be scripted ahead of these rules (``queue("status", Reply(429, ...))``), and the
 fake counts submits per prompt, decodes images people sent, and records every request.
@@ -114,7 +115,7 @@ class FakeFal:
         self.ca_path = folder / "fal-ca.pem"
         self._queues: dict[Route, deque[Reply]] = {}
         self._held = False
-        self._clips: dict[float, bytes] = {}
+        self._clips: dict[tuple[float, bool], bytes] = {}
         self._clip_lock = asyncio.Lock()
         self._runners: list[web.AppRunner] = []
         self._port = 0
@@ -279,13 +280,9 @@ class FakeFal:
             return web.json_response({"detail": task.error}, status=500, headers={"X-Fal-Error-Type": "runner_error"})
         if task.refusal:
             return web.json_response({"detail": task.refusal}, status=422)
-        if task.endpoint.startswith("fal-ai/wan/v2.2-a14b/"):
-            seconds = int(task.input.get("num_frames", 81)) / int(task.input.get("frames_per_second", 16))
-        else:
-            seconds = float(task.input.get("duration", "5"))
-        size = len(await self._clip(seconds))
+        size = len(await self._clip(*self._made(task)))
         expires = int(time.time() + self.url_ttl_s)
-        url = f"{self.cdn_origin}/files/{task.id[:8]}{seconds:g}/output.mp4?expires={expires}"
+        url = f"{self.cdn_origin}/files/{task.id}/output.mp4?expires={expires}"
         return web.json_response({"video": {"url": url, "content_type": "video/mp4", "file_name": "output.mp4",
                                             "file_size": size},
                                   "seed": task.input.get("seed", 42), "actual_prompt": task.input.get("prompt")})
@@ -304,8 +301,10 @@ class FakeFal:
         if not expires.isdigit() or int(expires) < time.time():
             return web.Response(status=403, text="<Error><Code>AccessDenied</Code>Request has expired</Error>",
                                 content_type="application/xml")
-        seconds = float(request.match_info["token"][8:])
-        return web.Response(body=await self._clip(seconds), content_type="video/mp4")
+        task = self.tasks.get(request.match_info["token"])
+        if task is None:
+            return web.Response(status=404, text="Not Found")
+        return web.Response(body=await self._clip(*self._made(task)), content_type="video/mp4")
 
     # -- the model -----------------------------------------------------------------------------
 
@@ -360,13 +359,21 @@ class FakeFal:
             return f"Image sides must be 360–2000 px (got {task.image_size[0]}x{task.image_size[1]})"
         return None
 
-    async def _clip(self, seconds: float) -> bytes:
-        """A small clip of ``seconds`` with a 440 Hz tone, made once per length."""
+    @staticmethod
+    def _made(task: FalRequest) -> tuple[float, bool]:
+        """How long the clip a request makes lasts, and whether it has sound (wan-25 always,
+        Wan 2.2 never); A14B counts frames at a rate."""
+        if task.endpoint in (T2V, I2V):
+            return float(task.input.get("duration", "5")), True
+        return int(task.input.get("num_frames", 81)) / int(task.input.get("frames_per_second", 16)), False
+
+    async def _clip(self, seconds: float, sound: bool) -> bytes:
+        """A small clip of ``seconds``, with a 440 Hz tone when ``sound``, made once per kind."""
         async with self._clip_lock:
-            if seconds not in self._clips:
-                path = self.folder / f"fal-clip-{seconds:g}.mp4"
+            if (seconds, sound) not in self._clips:
+                path = self.folder / f"fal-clip-{seconds:g}{'-sound' if sound else ''}.mp4"
                 await asyncio.to_thread(lavfi_clip, path, f"testsrc2=s=160x96:r=24:d={seconds:g}",
-                                        audio=f"sine=f=440:d={seconds:g}")
-                self._clips[seconds] = path.read_bytes()
-            return self._clips[seconds]
+                                        audio=f"sine=f=440:d={seconds:g}" if sound else None)
+                self._clips[seconds, sound] = path.read_bytes()
+            return self._clips[seconds, sound]
 
