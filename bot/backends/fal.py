@@ -59,7 +59,7 @@ IMAGE_RULES = ImageRules(min_side=360, max_side=2000, max_bytes=10 * 1024 * 1024
 # The aspect ratios fal's Wan text-to-video endpoints accept, as width / height.
 _ASPECTS = {"16:9": 16 / 9, "9:16": 9 / 16, "1:1": 1.0}
 
-_BAD_KEY = "This bot is misconfigured: fal.ai did not accept its key. An admin must check FAL_KEY."
+_BAD_KEY = "The bot is misconfigured: fal.ai did not accept its key. An admin has been told."
 _OFF_HOST = "fal.ai answered with a URL outside FAL_QUEUE_RUN_HOST; videobot does not follow it."
 
 
