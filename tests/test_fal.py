@@ -226,6 +226,27 @@ async def test_cancel_reaches_put_cancel_url(fal: FakeFal) -> None:
     assert after.status is TaskStatus.FAILED and "cancelled" in (after.error or "")
 
 
+async def test_canceling_a_job_puts_to_the_stored_cancel_url(
+    fal: FakeFal, make_core, receiver
+) -> None:
+    fal.queue_polls = 1000
+    core = await make_core("", backend=backend(fal))
+    origin = webhook_origin(receiver)
+    job = await core.service.submit(parse_request("a paper boat on a pond --duration 5 --resolution 480p"), origin)
+    deadline = time.monotonic() + 10
+    while not (job := await core.service.status(job.id or 0)).task_id:
+        assert time.monotonic() < deadline, job.state
+        await asyncio.sleep(0.05)
+    canceled = await core.service.cancel(job.id or 0, origin)
+    while not fal.requests_to("cancel"):
+        assert time.monotonic() < deadline + 10
+        await asyncio.sleep(0.05)
+    [sent] = fal.requests_to("cancel")
+    assert canceled.state == "canceled"
+    assert sent.method == "PUT" and f"https://{fal.host}{sent.path}" == json.loads(job.task_id or "")["cancel"]
+    assert fal.tasks[json.loads(job.task_id or "")["id"]].canceled
+
+
 async def test_urls_off_the_queue_host_are_never_followed(fal: FakeFal) -> None:
     elsewhere = "https://collector.example/fal-ai/wan-25-preview/requests/r1"
     fal.queue("submit", Reply(json={"request_id": "r1", "status_url": f"{elsewhere}/status",
