@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import random
+import ssl
 import tempfile
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -57,7 +58,7 @@ class ProviderClient:
     tried at most ``1 + max_retries`` times; waits grow as ``backoff_base_s * 2**attempt``
     with jitter, never shorter than ``Retry-After`` and never longer than ``backoff_max_s``.
     ``transport`` swaps the network layer (tests, a proxy); ``verify`` is httpx's TLS setting
-    (a CA bundle path for providers reached through a corporate proxy).
+    (an ``ssl.SSLContext``, or a CA bundle path for providers reached through a corporate proxy).
     """
 
     def __init__(
@@ -73,7 +74,7 @@ class ProviderClient:
         backoff_base_s: float = 0.5,
         backoff_max_s: float = 20.0,
         transport: httpx.AsyncBaseTransport | None = None,
-        verify: bool | str = True,
+        verify: bool | str | ssl.SSLContext = True,
     ) -> None:
         self.base = httpx.URL(base_url.rstrip("/") + "/")
         self.max_retries = max_retries
