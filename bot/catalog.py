@@ -231,7 +231,7 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("fal-ai/wan-25-preview/text-to-video", _T2V, TIERS, Durations.of(5, 10), (24,), True,
                   _WAN25_PRICE),
         ModelSpec("fal-ai/wan-25-preview/image-to-video", _I2V, TIERS, Durations.of(5, 10), (24,), True,
-                  _WAN25_PRICE),
+                  _WAN25_PRICE, follows_image_aspect=True),
         ModelSpec("fal-ai/wan/v2.2-a14b/text-to-video", _T2V, ("480p", "720p"), Durations.of(5), (16,), False,
                   {"480p": 0.04, "720p": 0.08}),
         ModelSpec("fal-ai/wan/v2.2-a14b/image-to-video", _I2V, ("480p", "720p"), Durations.of(5), (16,), False,
