@@ -146,7 +146,7 @@ class AdminSite:
             if session is None:
                 if request.headers.get("HX-Request"):
                     return self._secured(web.Response(status=401, headers={"HX-Redirect": "/admin/login"}))
-                return self._secured(web.HTTPSeeOther("/admin/login"))
+                return self._secured(_see_other("/admin/login"))
             if request.method == "POST":
                 form = await request.post()
                 if not self.sessions.csrf_ok(session, str(form.get("csrf", ""))):
@@ -173,7 +173,7 @@ class AdminSite:
 
     async def login_form(self, request: web.Request) -> web.StreamResponse:
         if self.sessions.of(request) is not None:
-            return self._secured(web.HTTPSeeOther("/admin"))
+            return self._secured(_see_other("/admin"))
         return self._login_page(None)
 
     def _login_page(self, error: str | None, status: int = 200) -> web.StreamResponse:
@@ -188,13 +188,13 @@ class AdminSite:
         if not await self.sessions.check_token(str(form.get("token", ""))):
             log.warning("Admin sign-in refused: wrong token from %s", request.remote)
             return self._login_page("That token is wrong.", status=401)
-        response = web.HTTPSeeOther("/admin")
+        response = _see_other("/admin")
         self.sessions.open(response, request)
         log.info("Admin signed in from %s", request.remote)
         return self._secured(response)
 
     async def logout(self, request: web.Request, session: Session) -> web.StreamResponse:
-        response = web.HTTPSeeOther("/admin/login")
+        response = _see_other("/admin/login")
         self.sessions.close(request, response)
         return response
 
@@ -419,7 +419,7 @@ class AdminSite:
 
     @staticmethod
     def _back(job_id: int, notice: str) -> web.StreamResponse:
-        return web.HTTPSeeOther(f"/admin/jobs/{job_id}?{urlencode({'notice': notice})}")
+        return _see_other(f"/admin/jobs/{job_id}?{urlencode({'notice': notice})}")
 
     # -- usage ------------------------------------------------------------------------------
 
@@ -511,6 +511,10 @@ class AdminSite:
             raise web.HTTPNotFound()
         return web.FileResponse(path, headers={"Content-Type": _STATIC_TYPES[path.suffix],
                                                "Cache-Control": "private, max-age=3600"})
+
+
+def _see_other(location: str) -> web.Response:
+    return web.Response(status=303, headers={"Location": location})
 
 
 def _blank(value: object) -> str:
