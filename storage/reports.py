@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine, func, or_
 from sqlmodel import Session, col, select
 
-from storage.tables import ACTIVE_STATES, Job, JobEvent, utcnow
+from storage.tables import IN_FLIGHT_STATES, Job, JobEvent, JobState, utcnow
 
 
 @dataclass(frozen=True)
@@ -101,16 +101,15 @@ class JobReports:
                 "backend": sorted(b for b in session.exec(select(Job.backend).distinct()).all() if b),
             }
 
-    def active(self, limit: int = 200) -> list[Job]:
-        """Queued and running jobs, oldest first: the queue as it stands."""
+    def active(self, *, running: int = 100, queued: int = 50) -> list[Job]:
+        """The queue as it stands, oldest first: jobs past ``queued`` and the next ones waiting."""
         with self._session() as session:
-            query = (
-                select(Job)
-                .where(col(Job.state).in_([s.value for s in ACTIVE_STATES]))
-                .order_by(col(Job.id))
-                .limit(limit)
-            )
-            return list(session.exec(query))
+            in_flight = select(Job).where(col(Job.state).in_([s.value for s in IN_FLIGHT_STATES]))
+            waiting = select(Job).where(col(Job.state) == JobState.QUEUED.value)
+            return [
+                *session.exec(in_flight.order_by(col(Job.id)).limit(running)),
+                *session.exec(waiting.order_by(col(Job.id)).limit(queued)),
+            ]
 
     def job_with_events(self, job_id: int) -> tuple[Job | None, list[JobEvent]]:
         with self._session() as session:

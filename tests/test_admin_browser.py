@@ -53,6 +53,8 @@ workspace_monthly_budget_usd = 100
 [workspaces."webhook:studio"]
 workspace_monthly_budget_usd = 50
 """
+SMALL = "--duration 1 --resolution 832x480"
+"""Quick to render on a CI machine's CPU."""
 OUTSIDE: list[str] = []
 """Requests the signed-in page made to any other host (there must be none)."""
 SCREENSHOTS = os.environ.get("VIDEOBOT_ADMIN_SCREENSHOTS", "")
@@ -215,7 +217,7 @@ def test_sign_in_with_a_wrong_then_the_right_token(browser: Any, served: Served)
 
 
 def test_the_queue_shows_a_running_jobs_progress_change_without_a_reload(admin: Any, served: Served) -> None:
-    job_id = served.make_job("a slow dawn over the harbour [sim:slow=8]", "queue-watcher", "studio")
+    job_id = served.make_job("a slow dawn over the harbour --duration 1 --resolution 832x480 [sim:slow=5]", "queue-watcher", "studio")
     admin.goto(f"{served.base}/admin")
     admin.evaluate("window.__samePage = true")
     row = admin.locator(f"#active-jobs tr[data-job='{job_id}']")
@@ -240,9 +242,9 @@ def test_the_queue_shows_a_running_jobs_progress_change_without_a_reload(admin: 
 
 
 def test_the_job_list_filters_by_user_and_by_state(admin: Any, served: Served) -> None:
-    ok = [served.make_job(f"filter clip {n}", "filter-ann") for n in range(2)]
-    bad = served.make_job("filter clip that fails [sim:fail]", "filter-ann")
-    other = served.make_job("someone else's clip", "filter-bob")
+    ok = [served.make_job(f"filter clip {n} {SMALL}", "filter-ann") for n in range(2)]
+    bad = served.make_job(f"filter clip that fails {SMALL} [sim:fail]", "filter-ann")
+    other = served.make_job(f"someone else's clip {SMALL}", "filter-bob")
     for job_id in (*ok, other):
         served.wait_state(job_id, {"succeeded"})
     served.wait_state(bad, {"failed"})
@@ -320,8 +322,8 @@ def _usage_table(stdout: str) -> dict[str, tuple[int, float]]:
 
 
 def test_the_usage_chart_and_csv_agree_with_videobot_usage(admin: Any, served: Served) -> None:
-    made = [served.make_job("usage clip --duration 2", "usage-cat", "studio"),
-            served.make_job("usage clip --duration 4", "usage-dan", "acme")]
+    made = [served.make_job("usage clip --duration 2 --resolution 832x480", "usage-cat", "studio"),
+            served.make_job("usage clip --duration 4 --resolution 832x480", "usage-dan", "acme")]
     for job_id in made:
         served.wait_state(job_id, {"succeeded"})
     admin.goto(f"{served.base}/admin/usage")

@@ -105,6 +105,7 @@ class AdminSite:
         self.templates.filters["usd"] = lambda value: f"${value:,.2f}"
         self._css = (STATIC / "admin.css").read_text()
         self._health: tuple[float, dict[str, dict[str, Any]]] = (0.0, {})
+        self._probing: asyncio.Task[None] | None = None
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -215,14 +216,17 @@ class AdminSite:
         rows = [
             {
                 "job": job,
-                "progress": live.get(job.id or 0, job.progress) if job.state != JobState.QUEUED else 0.0,
+                "percent": int(round(100 * (live.get(job.id or 0, job.progress) if job.state != JobState.QUEUED else 0.0))),
                 "age": _age(job.created_at, now),
+                "prompt": job.prompt if len(job.prompt) <= 60 else job.prompt[:57] + "...",
             }
             for job in active
         ]
+        shown_queued = sum(1 for job in active if job.state == JobState.QUEUED)
         return {
             "counts": [(state, counts.get(state, 0)) for state in STATES],
             "rows": rows,
+            "more_queued": counts.get(JobState.QUEUED.value, 0) - shown_queued,
             "backends": await self._backends(active),
             "now": now,
         }
@@ -251,15 +255,21 @@ class AdminSite:
         return views
 
     async def _probe_health(self) -> dict[str, dict[str, Any]]:
-        """What each backend says of itself (a worker's model and memory), cached for a few seconds."""
+        """What each backend says of itself (a worker's model and memory). Asked in the background
+        at most every few seconds, so a slow backend never slows the page; the first call waits."""
         at, cached = self._health
-        if time.monotonic() - at < HEALTH_TTL_S:
-            return cached
+        if time.monotonic() - at >= HEALTH_TTL_S and (self._probing is None or self._probing.done()):
+            self._health = (time.monotonic(), cached)
+            self._probing = asyncio.create_task(self._ask_backends())
+            if not at:
+                await asyncio.shield(self._probing)
+        return self._health[1]
 
+    async def _ask_backends(self) -> None:
         async def one(backend: Any) -> dict[str, Any]:
             try:
                 generator = getattr(backend, "generator", None)
-                if generator is not None and hasattr(generator, "health"):
+                if generator is not None and hasattr(generator, "health"):  # the GPU in this process
                     return dict(await asyncio.to_thread(generator.health))
                 if isinstance(backend, HttpBackend):  # our worker or the simulator: it has /v1/health
                     client = backend._client
@@ -270,9 +280,7 @@ class AdminSite:
 
         names = list(self.service.generators)
         found = await asyncio.gather(*(one(self.service.generators[n].backend) for n in names))
-        result = {name: _flatten(value) for name, value in zip(names, found)}
-        self._health = (time.monotonic(), result)
-        return result
+        self._health = (time.monotonic(), {name: _flatten(value) for name, value in zip(names, found)})
 
     # -- jobs -------------------------------------------------------------------------------
 
