@@ -382,7 +382,7 @@ def test_the_pages_fit_a_phone_in_dark_mode(browser: Any, served: Served) -> Non
         background = page.evaluate("getComputedStyle(document.body).backgroundColor")
         assert background == "rgb(15, 18, 22)", background
         assert page.evaluate("document.documentElement.scrollWidth") <= 390 + 1, path  # tables scroll inside
-    _shot(page, "phone-dark-queue")
+        _shot(page, "phone-dark-" + (path.rsplit("/", 1)[1] if path != "/admin" else "queue"))
     context.close()
 
 

@@ -541,6 +541,8 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
         for key, inner in value.items():
             flat.update(_flatten(inner, f"{prefix}{key}."))
         return flat
+    if isinstance(value, (list, tuple)):
+        value = ", ".join(str(item) for item in value)
     if isinstance(value, int) and not isinstance(value, bool) and prefix.rstrip(".").endswith("_bytes"):
         value = f"{value / 2**30:.2f} GiB"
     flat[prefix.rstrip(".")] = value
