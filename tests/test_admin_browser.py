@@ -23,12 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import playwright.sync_api as playwright_sync  # the test extra; Chromium itself is Debian's
 import pytest
 
 from tests.conftest import subprocess_env
 from tests.fakes.webhook_receiver import WebhookReceiver
-
-import playwright.sync_api as playwright_sync  # the test extra; Chromium itself is Debian's
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -110,7 +109,7 @@ class Served:
         raise AssertionError(f"job {job_id}: no such event; saw {self.receiver.for_job(job_id)}")
 
     def videobot(self, *args: str) -> str:
-        result = subprocess.run([sys.executable, "-m", "bot", *args], cwd=self.folder, env=self.env,
+        result = subprocess.run([sys.executable, "-m", "bot", *args], check=False, cwd=self.folder, env=self.env,
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
         return result.stdout
@@ -309,6 +308,18 @@ def test_cancel_from_the_page_cancels_a_running_job_and_the_thread_says_so(admin
     served.wait_event(again, lambda e: e.get("event") == "accepted")
     admin.get_by_role("button", name="Cancel").click()
     playwright_sync.expect(admin.locator("#job-state")).to_have_text("canceled")
+
+
+def test_a_script_in_a_prompt_stays_text_in_the_browser(admin: Any, served: Served) -> None:
+    prompt = '<script>window.__xss = 1</script><img src=x onerror="window.__xss = 2"> a cat'
+    job_id = served.make_job(f"{prompt} {SMALL} [sim:fail]", "mallory")
+    served.wait_state(job_id, {"failed"})
+    for path in (f"/admin/jobs/{job_id}", "/admin/jobs?user=mallory"):
+        admin.goto(served.base + path)
+        assert admin.evaluate("window.__xss") is None, path
+    admin.goto(f"{served.base}/admin/jobs/{job_id}")
+    playwright_sync.expect(admin.locator("#prompt")).to_have_text(f"{prompt} [sim:fail]")
+    assert admin.locator("#prompt script, #prompt img").count() == 0
 
 
 def _usage_table(stdout: str) -> dict[str, tuple[int, float]]:

@@ -216,7 +216,7 @@ class AdminSite:
         rows = [
             {
                 "job": job,
-                "percent": int(round(100 * (live.get(job.id or 0, job.progress) if job.state != JobState.QUEUED else 0.0))),
+                "percent": round(100 * (live.get(job.id or 0, job.progress) if job.state != JobState.QUEUED else 0.0)),
                 "age": _age(job.created_at, now),
                 "prompt": job.prompt if len(job.prompt) <= 60 else job.prompt[:57] + "...",
             }
@@ -274,7 +274,7 @@ class AdminSite:
                 if isinstance(backend, HttpBackend):  # our worker or the simulator: it has /v1/health
                     client = backend._client
                     return await asyncio.wait_for(client.send_json("GET", client.url("health"), retry=False), 2.0)
-            except (VideobotError, asyncio.TimeoutError, OSError, ValueError) as error:
+            except (TimeoutError, VideobotError, OSError, ValueError) as error:
                 return {"status": f"not answering ({type(error).__name__})"}
             return {}
 
