@@ -29,7 +29,7 @@ import pytest
 from tests.conftest import subprocess_env
 from tests.fakes.webhook_receiver import WebhookReceiver
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.xdist_group("admin-browser")]
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
