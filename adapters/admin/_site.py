@@ -25,6 +25,7 @@ from aiohttp import web
 from adapters.admin._charts import StackedBars, daily_spend_chart
 from adapters.admin._media import first_frame_jpeg, inside
 from adapters.admin._sessions import Session, Sessions
+from adapters.admin._watch import Answers, ProviderWatch
 from bot.backends.http import HttpBackend
 from bot.errors import VideobotError
 from bot.limits import window_start
@@ -83,6 +84,7 @@ class BackendView:
     rate_limited: int
     last_error: str
     last_at: datetime | None
+    answers: Answers | None
 
 
 class AdminSite:
@@ -106,6 +108,8 @@ class AdminSite:
         self._css = (STATIC / "admin.css").read_text()
         self._health: tuple[float, dict[str, dict[str, Any]]] = (0.0, {})
         self._probing: asyncio.Task[None] | None = None
+        self.watch = ProviderWatch()
+        self.watch.attach((name, g.backend) for name, g in core.service.generators.items())
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -250,6 +254,7 @@ class AdminSite:
                     rate_limited=seen.rate_limited if seen else 0,
                     last_error=seen.last_error if seen else "",
                     last_at=seen.last_at if seen else None,
+                    answers=self.watch.answers(name),
                 )
             )
         return views
