@@ -73,11 +73,19 @@ async def _serve(settings: Settings) -> None:
     for adapter in adapters:
         await adapter.start()
     routes = [route for adapter in adapters for route in getattr(adapter, "routes", [])]
+    if settings.admin_token and settings.http_port:
+        from adapters.admin import admin_routes
+
+        routes += admin_routes(core, settings.admin_token)
     freeze_startup_heap()
     await core.runner.start()
     if settings.http_port:
         port = await core.serve_ops(settings.http_host, settings.http_port, routes)
         console.print(f"Health: http://localhost:{port}/healthz  Metrics: http://localhost:{port}/metrics")
+        if settings.admin_token:
+            console.print(f"Admin page: http://localhost:{port}/admin")
+        else:
+            console.print("Admin page: off (set VIDEOBOT_ADMIN_TOKEN to a long random secret to turn on /admin)")
     _announce(core)
     names = ", ".join(a.name for a in adapters) or "none (set SLACK_BOT_TOKEN or DISCORD_TOKEN)"
     console.print(f"Chat platforms: {names}. Database: {settings.database.split('///')[-1]}")

@@ -458,6 +458,13 @@ def _file_stamp(path: Path) -> tuple[int, int, int] | None:
     return info.st_mtime_ns, info.st_size, info.st_ino
 
 
+def _text_of(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+
+
 class LimitsStore:
     """The limits in force now, following edits to the file without a restart.
 
@@ -481,6 +488,26 @@ class LimitsStore:
         self._config = load_limits(self._path)
         self._checked_at = clock()
         self._last_error: str | None = None
+        self._last_error_at: datetime | None = None
+        self._loaded_at = datetime.now(UTC)
+        self._text = _text_of(self._path)
+
+    @property
+    def loaded_at(self) -> datetime:
+        """When the limits in force were read (UTC)."""
+        return self._loaded_at
+
+    @property
+    def text(self) -> str | None:
+        """The file as it was when the limits in force were read; None: no file, built-in defaults."""
+        return self._text
+
+    @property
+    def last_error(self) -> tuple[str, datetime] | None:
+        """Why the latest edit was refused, and when; None once a good edit is loaded."""
+        if self._last_error is None or self._last_error_at is None:
+            return None
+        return self._last_error, self._last_error_at
 
     @property
     def path(self) -> Path:
@@ -500,9 +527,12 @@ class LimitsStore:
         except LimitsError as exc:
             if str(exc) != self._last_error:
                 self._last_error = str(exc)
+                self._last_error_at = datetime.now(UTC)
                 log.error("Keeping the previous usage limits; the edited file has problems:\n%s", exc)
         else:
             self._last_error = None
+            self._loaded_at = datetime.now(UTC)
+            self._text = _text_of(self._path)
             log.info("Reloaded usage limits from %s", self._path)
         return self._config
 

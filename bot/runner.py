@@ -91,6 +91,8 @@ class Runner:
         self._loop_task: asyncio.Task[None] | None = None
         self._scheduler = AsyncIOScheduler()
         self._last_progress: dict[int, float] = {}
+        self.live_progress: dict[int, float] = {}
+        """Each unfinished job's latest progress (0..1), before chat throttling; the admin page reads it."""
         self._served: dict[str, int] = {}
         self._probed: dict[Path, ClipInfo] = {}
         self._turn = 0
@@ -193,6 +195,7 @@ class Runner:
         self._owners.pop(job_id, None)
         self._running_on.pop(job_id, None)
         self._last_progress.pop(job_id, None)
+        self.live_progress.pop(job_id, None)
         for path in [p for p in self._probed if p.parent.name == str(job_id)]:
             del self._probed[path]
         self.wake()
@@ -386,6 +389,7 @@ class Runner:
 
     async def _progress(self, job: Job, stage: Stage, percent: float, *, force: bool = False) -> None:
         job_id = job.id or 0
+        self.live_progress[job_id] = percent if percent <= 1 else percent / 100
         now = time.monotonic()
         if not force and now - self._last_progress.get(job_id, 0.0) < self.options.progress_interval_s:
             return

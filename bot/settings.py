@@ -64,6 +64,8 @@ class Settings:
     http_host: str = "0.0.0.0"
     # bearer key for the job API (POST /v1/jobs); unset turns the API off
     api_key: str = field(default="", repr=False)
+    # the admin page at /admin on the same port; unset turns it off
+    admin_token: str = field(default="", repr=False)
     log_level: str = "INFO"
     # Slack
     slack_bot_token: str = field(default="", repr=False)
@@ -100,6 +102,7 @@ class Settings:
                 self.fal_key,
                 self.replicate_api_token,
                 self.api_key,
+                self.admin_token,
                 self.slack_bot_token,
                 self.slack_app_token,
                 self.slack_signing_secret,
@@ -142,6 +145,7 @@ class Settings:
             http_port=_int("VIDEOBOT_HTTP_PORT", 8080),
             http_host=_str("VIDEOBOT_HTTP_HOST", "0.0.0.0"),
             api_key=_str("VIDEOBOT_API_KEY"),
+            admin_token=_str("VIDEOBOT_ADMIN_TOKEN"),
             log_level=_str("VIDEOBOT_LOG_LEVEL", "INFO").upper(),
             slack_bot_token=_str("SLACK_BOT_TOKEN"),
             slack_app_token=_str("SLACK_APP_TOKEN"),
