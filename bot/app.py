@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import httpx
 from aiohttp import web
 
 from bot.backends.base import Backend
@@ -176,6 +177,24 @@ def hosted_backend(
     raise ConfigurationError(f"{kind!r} is not a hosted backend; use {', '.join(HOSTED)}.")
 
 
+def configure_outbound(settings: Settings) -> None:
+    """The hosts outbound requests may reach besides public addresses: those an admin listed in
+    ``VIDEOBOT_ALLOWED_HOSTS`` and the endpoints an admin set (backend and chat API URLs). Each
+    ``ProviderClient`` adds its own base URL as well, so a hosted backend needs nothing here."""
+    from bot import outbound
+
+    configured = [settings.wan_api_base_url, settings.slack_api_url, settings.dashscope_base_url,
+                  settings.replicate_base_url]
+    if settings.fal_host:
+        configured.append(f"https://{settings.fal_host}")
+    try:
+        outbound.allow(*settings.allowed_hosts, *(url for url in configured if url))
+    except (ValueError, httpx.InvalidURL):
+        raise ConfigurationError(
+            "VIDEOBOT_ALLOWED_HOSTS must list host or host:port entries, and each API URL must be a URL."
+        ) from None
+
+
 class Adapter(Protocol):
     """A chat platform plug-in: built with the service (registering its notifier), then started."""
 
@@ -241,6 +260,7 @@ class Core:
         """Open (and migrate) the database, load the limits, build the generators; starts nothing
         yet. ``backend`` replaces them with one given backend (tests)."""
         embedded = _Embedded()
+        configure_outbound(settings)
         limits = LimitsStore(settings.limits_path)
         engine = make_engine(settings.database)
         upgrade(engine)

@@ -21,12 +21,14 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 from aiohttp import web
 
 from bot.errors import InvalidRequest, JobNotFound, LimitExceeded, NotAllowed, VideobotError
 from bot.grammar import clean_text, parse_job_id, parse_request
 from bot.images import load_image
 from bot.models import ImageInput, Origin
+from bot.outbound import BlockedDestination, OutboundPolicy
 from bot.service import JobService
 
 _STATUS = {InvalidRequest: 400, NotAllowed: 403, JobNotFound: 404, LimitExceeded: 429}
@@ -90,6 +92,7 @@ def job_routes(service: JobService, api_key: str, *, workspace: str = "") -> lis
                 user_name=body.user_name,
                 extra={"callback_url": body.callback_url},
             )
+            await _check_callback(body.callback_url)
             image = _image(body.image, service)
             job = await service.submit(
                 parse_request(body.prompt, image=image),
@@ -162,6 +165,17 @@ def parse_job_body(raw: bytes) -> JobBody:
         image=image or None,
         request_id=_identifier(data, "request_id", "", blank=True) or None,
     )
+
+
+async def _check_callback(url: str) -> None:
+    """Refuse a callback the bot would never post to (loopback, private, link-local …) now,
+    rather than after the video is made; the notifier checks again on every post."""
+    try:
+        await OutboundPolicy().check(httpx.URL(url))
+    except httpx.InvalidURL:
+        raise InvalidRequest("callback_url must be an http(s) URL.") from None
+    except BlockedDestination as blocked:
+        raise InvalidRequest(f"callback_url is refused: {blocked}.") from None
 
 
 def _identifier(data: dict[str, Any], name: str, default: str, *, blank: bool = False) -> str:
