@@ -21,6 +21,7 @@ from bot.errors import ConfigurationError
 from bot.limits import LimitsConfig, LimitsStore
 from bot.metrics import build_ops_app
 from bot.runner import Runner, RunnerOptions
+from bot.serving import guard_app, runner_options
 from bot.service import Generator, JobService
 from bot.settings import Settings
 from storage.engine import make_engine, upgrade
@@ -290,9 +291,9 @@ class Core:
             await self.serve_ops(ops_host, ops_port)
 
     async def serve_ops(self, host: str, port: int, extra_routes: Sequence[web.RouteDef] = ()) -> int:
-        app = build_ops_app(self.runner.metrics, self.health, self._state_counts)
+        app = guard_app(build_ops_app(self.runner.metrics, self.health, self._state_counts))
         app.add_routes(list(extra_routes))
-        runner = web.AppRunner(app, access_log=None)
+        runner = web.AppRunner(app, access_log=None, **runner_options())
         await runner.setup()
         await web.TCPSite(runner, host, port).start()
         self._embedded.runners.append(runner)

@@ -19,6 +19,7 @@ import logging
 
 import aiohttp
 from aiohttp import web
+from bot.serving import guard_app, runner_options
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
@@ -86,9 +87,9 @@ class SlackAdapter:
         if self.socket_mode:
             await self._connect_socket()
             return
-        web_app = web.Application()
+        web_app = guard_app(web.Application())
         web_app.router.add_post(EVENTS_PATH, self._handle)
-        self._runner = web.AppRunner(web_app, access_log=None)
+        self._runner = web.AppRunner(web_app, access_log=None, **runner_options())
         await self._runner.setup()
         # A burst of Slack requests must queue, not be dropped: a dropped SYN costs a second.
         site = web.TCPSite(self._runner, self._settings.http_host, self._settings.slack_port, backlog=1024)

@@ -14,6 +14,7 @@ to one (see the README's trust model).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hmac
@@ -28,7 +29,9 @@ from bot.errors import InvalidRequest, JobNotFound, LimitExceeded, NotAllowed, V
 from bot.grammar import clean_text, parse_job_id, parse_request
 from bot.images import load_image
 from bot.models import ImageInput, Origin
+from bot import serving
 from bot.outbound import BlockedDestination, OutboundPolicy
+from bot.serving import streams_body
 from bot.service import JobService
 
 _STATUS = {InvalidRequest: 400, NotAllowed: 403, JobNotFound: 404, LimitExceeded: 429}
@@ -68,13 +71,17 @@ def job_routes(service: JobService, api_key: str, *, workspace: str = "") -> lis
         status = next((code for kind, code in _STATUS.items() if isinstance(error, kind)), 502)
         return web.json_response({"error": str(error)}, status=status)
 
+    @streams_body
     async def create(request: web.Request) -> web.Response:
         if not authorized(request):
             return web.json_response({"error": "missing or wrong API key"}, status=401)
         config = service.limits.current()
         limit = config.max_image_bytes * 4 // 3 + _BODY_SPARE_BYTES
         try:
-            raw = await _read_body(request, limit)
+            async with asyncio.timeout(serving.BODY_TIMEOUT_S):
+                raw = await _read_body(request, limit)
+        except TimeoutError:
+            return serving.too_slow()
         except _TooLarge:
             return web.json_response(
                 {"error": f"the body is larger than {limit / 2**20:.1f} MiB (max_image_mb plus the prompt)"},
