@@ -24,6 +24,7 @@ import ipaddress
 import socket
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -165,9 +166,10 @@ class GuardedTransport(httpx.AsyncBaseTransport):
     """Checks every request (so every redirect hop) against an ``OutboundPolicy`` before it
     reaches ``inner``; a checked public host is connected to at the address that was checked."""
 
-    def __init__(self, inner: httpx.AsyncBaseTransport, policy: OutboundPolicy) -> None:
+    def __init__(self, inner: httpx.AsyncBaseTransport, policy: OutboundPolicy, *, pin: bool = True) -> None:
         self._inner = inner
         self.policy = policy
+        self._pin = pin  # not through a proxy: its tunnel would check the certificate against the address
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         try:
@@ -175,7 +177,7 @@ class GuardedTransport(httpx.AsyncBaseTransport):
         except BlockedDestination as blocked:
             blocked.request = request
             raise
-        if address is not None and _normal(request.url.host) != _normal(address):
+        if self._pin and address is not None and _normal(request.url.host) != _normal(address):
             pinned = httpx.Request(
                 request.method,
                 request.url.copy_with(host=address),
@@ -191,11 +193,16 @@ class GuardedTransport(httpx.AsyncBaseTransport):
 
 
 def guarded_client(
-    *, hosts: Iterable[str] = (), transport: httpx.AsyncBaseTransport | None = None, **options: object
+    *, hosts: Iterable[str] = (), transport: httpx.AsyncBaseTransport | None = None, **options: Any
 ) -> httpx.AsyncClient:
     """An ``httpx.AsyncClient`` whose every request passes the guard; ``hosts`` are allowed
-    besides the configured ones (a backend's own URL)."""
-    verify = options.pop("verify", True)
-    limits = options.pop("limits", httpx.Limits())
-    inner = transport or httpx.AsyncHTTPTransport(verify=verify, limits=limits)  # type: ignore[arg-type]
-    return httpx.AsyncClient(transport=GuardedTransport(inner, OutboundPolicy(hosts)), **options)  # type: ignore[arg-type]
+    besides the configured ones (a backend's own URL). The client is built as httpx builds it
+    (so ``HTTPS_PROXY`` / ``NO_PROXY`` still apply), then each of its transports is wrapped."""
+    policy = OutboundPolicy(hosts)
+    client = httpx.AsyncClient(transport=transport, **options)
+    client._transport = GuardedTransport(client._transport, policy)
+    client._mounts = {
+        pattern: None if mounted is None else GuardedTransport(mounted, policy, pin=False)
+        for pattern, mounted in client._mounts.items()
+    }
+    return client

@@ -7,6 +7,7 @@ backend's URL, ``VIDEOBOT_ALLOWED_HOSTS``) still work.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -264,3 +265,29 @@ def test_allowed_hosts_setting_is_read_from_the_environment(monkeypatch: pytest.
 
     monkeypatch.setenv("VIDEOBOT_ALLOWED_HOSTS", " hooks.lan , 10.0.0.5:8900,")
     assert Settings.from_env(dotenv=False).allowed_hosts == ("hooks.lan", "10.0.0.5:8900")
+
+
+async def test_requests_through_an_environment_proxy_are_checked_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTPS_PROXY still applies (corporate networks), and the guard sits in front of it."""
+    asked: list[bytes] = []
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        asked.append(await reader.readline())
+        writer.close()
+
+    server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{port}")
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    client = outbound.guarded_client()
+    try:
+        async with client:
+            with pytest.raises(BlockedDestination):
+                await client.get("https://localhost/secret")
+            assert asked == []
+            with pytest.raises(httpx.HTTPError):  # a public address goes to the proxy, unpinned
+                await client.get("https://93.184.216.34/")
+            assert asked == [b"CONNECT 93.184.216.34:443 HTTP/1.1\r\n"]
+    finally:
+        server.close()
