@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from adapters.discord.views import CUSTOM_ID, _job_number
 from adapters.webhook import job_routes
 from adapters.webhook.api import parse_job_body
-from bot.errors import InvalidRequest, JobNotFound
+from bot.errors import InvalidRequest, JobNotFound, VideobotError
 from bot.grammar import MAX_JOB_ID, build_request, clean_text, parse_job_id, parse_request
 from bot.limits import LimitsConfig, LimitsError, load_limits
 from bot.models import VideoRequest
@@ -112,8 +112,25 @@ def test_a_discord_custom_id_of_any_length_is_read_without_converting_it(digits:
     assert number == (int(digits) if len(digits) <= 19 else 0)
 
 
-async def test_service_refuses_out_of_range_job_numbers_as_not_found(make_core) -> None:
+async def test_any_typed_job_number_is_a_job_or_not_found(make_core, receiver) -> None:
+    """Discord's ``/video-status job:`` and ``/video-cancel job:`` are typed integers, and a
+    button's id reaches the same calls: 50 examples of any size, through the service."""
     core = await make_core(start=False)
+    made = await core.service.submit(parse_request("a fox --duration 1"), webhook_origin(receiver))
+    loop = asyncio.get_running_loop()
+
+    @settings(max_examples=50, deadline=None)
+    @given(hostile_int)
+    def look_up(number: int) -> None:
+        for call in (core.service.status(number), core.service.cancel(number, webhook_origin(receiver, user="bob"))):
+            try:
+                asyncio.run_coroutine_threadsafe(call, loop).result(30)
+            except VideobotError as error:  # not found, or not theirs: words for the person
+                assert str(error)
+            else:
+                assert number == made.id
+
+    await asyncio.to_thread(look_up)
     for number in (0, -1, 2**63, 10**5000):
         with pytest.raises(JobNotFound):
             await core.service.status(number)
