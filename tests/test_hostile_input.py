@@ -23,7 +23,13 @@ from adapters.discord.views import CUSTOM_ID, _job_number
 from adapters.webhook import job_routes
 from adapters.webhook.api import parse_job_body
 from bot.errors import InvalidRequest, JobNotFound, VideobotError
-from bot.grammar import MAX_JOB_ID, build_request, clean_text, parse_job_id, parse_request
+from bot.grammar import (
+    MAX_JOB_ID,
+    build_request,
+    clean_text,
+    parse_job_id,
+    parse_request,
+)
 from bot.limits import LimitsConfig, LimitsError, load_limits
 from bot.models import VideoRequest
 from tests.conftest import webhook_origin

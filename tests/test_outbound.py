@@ -35,7 +35,7 @@ class Inside:
         self.port = 0
         self._runner: web.AppRunner | None = None
 
-    async def start(self) -> "Inside":
+    async def start(self) -> Inside:
         async def secret(request: web.Request) -> web.Response:
             self.hits += 1
             return web.Response(body=video_bytes(1000), content_type="video/mp4")

@@ -53,7 +53,7 @@ class Receiver:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/hook"
 
-    async def start(self) -> "Receiver":
+    async def start(self) -> Receiver:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/hook", self._hook)
         self._runner = web.AppRunner(app, access_log=None)

@@ -19,7 +19,6 @@ import logging
 
 import aiohttp
 from aiohttp import web
-from bot.serving import guard_app, runner_options
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
@@ -29,8 +28,9 @@ from slack_sdk.web.async_client import AsyncWebClient
 from adapters.slack.files import SlackFiles
 from adapters.slack.listeners import register
 from adapters.slack.notifier import SlackNotifier
-from bot.service import JobService
 from bot.errors import ConfigurationError
+from bot.service import JobService
+from bot.serving import guard_app, runner_options
 from bot.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -25,14 +25,20 @@ from typing import Any
 import httpx
 from aiohttp import web
 
-from bot.errors import InvalidRequest, JobNotFound, LimitExceeded, NotAllowed, VideobotError
+from bot import serving
+from bot.errors import (
+    InvalidRequest,
+    JobNotFound,
+    LimitExceeded,
+    NotAllowed,
+    VideobotError,
+)
 from bot.grammar import clean_text, parse_job_id, parse_request
 from bot.images import load_image
 from bot.models import ImageInput, Origin
-from bot import serving
 from bot.outbound import BlockedDestination, OutboundPolicy
-from bot.serving import streams_body
 from bot.service import JobService
+from bot.serving import streams_body
 
 _STATUS = {InvalidRequest: 400, NotAllowed: 403, JobNotFound: 404, LimitExceeded: 429}
 _ID_MAX_CHARS = 200

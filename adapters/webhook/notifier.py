@@ -22,7 +22,12 @@ from collections.abc import Awaitable, Callable
 import httpx
 
 from bot.models import Clip
-from bot.notifier import DeliveryCheckpoint, PlatformRefused, ProgressUpdate, StatusMessage
+from bot.notifier import (
+    DeliveryCheckpoint,
+    PlatformRefused,
+    ProgressUpdate,
+    StatusMessage,
+)
 from bot.outbound import guarded_client
 from storage.tables import Job
 
