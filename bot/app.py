@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import httpx
 from aiohttp import web
 
 from bot.backends.base import Backend
@@ -20,6 +21,7 @@ from bot.errors import ConfigurationError
 from bot.limits import LimitsConfig, LimitsStore
 from bot.metrics import build_ops_app
 from bot.runner import Runner, RunnerOptions
+from bot.serving import guard_app, runner_options
 from bot.service import Generator, JobService
 from bot.settings import Settings
 from storage.engine import make_engine, upgrade
@@ -181,6 +183,24 @@ def hosted_backend(
     raise ConfigurationError(f"{kind!r} is not a hosted backend; use {', '.join(HOSTED)}.")
 
 
+def configure_outbound(settings: Settings) -> None:
+    """The hosts outbound requests may reach besides public addresses: those an admin listed in
+    ``VIDEOBOT_ALLOWED_HOSTS`` and the endpoints an admin set (backend and chat API URLs). Each
+    ``ProviderClient`` adds its own base URL as well, so a hosted backend needs nothing here."""
+    from bot import outbound
+
+    configured = [settings.wan_api_base_url, settings.slack_api_url, settings.dashscope_base_url,
+                  settings.replicate_base_url]
+    if settings.fal_host:
+        configured.append(f"https://{settings.fal_host}")
+    try:
+        outbound.allow(*settings.allowed_hosts, *(url for url in configured if url))
+    except (ValueError, httpx.InvalidURL):
+        raise ConfigurationError(
+            "VIDEOBOT_ALLOWED_HOSTS must list host or host:port entries, and each API URL must be a URL."
+        ) from None
+
+
 class Adapter(Protocol):
     """A chat platform plug-in: built with the service (registering its notifier), then started."""
 
@@ -246,6 +266,7 @@ class Core:
         """Open (and migrate) the database, load the limits, build the generators; starts nothing
         yet. ``backend`` replaces them with one given backend (tests)."""
         embedded = _Embedded()
+        configure_outbound(settings)
         limits = LimitsStore(settings.limits_path)
         engine = make_engine(settings.database)
         upgrade(engine)
@@ -275,9 +296,9 @@ class Core:
             await self.serve_ops(ops_host, ops_port)
 
     async def serve_ops(self, host: str, port: int, extra_routes: Sequence[web.RouteDef] = ()) -> int:
-        app = build_ops_app(self.runner.metrics, self.health, self._state_counts)
+        app = guard_app(build_ops_app(self.runner.metrics, self.health, self._state_counts))
         app.add_routes(list(extra_routes))
-        runner = web.AppRunner(app, access_log=None)
+        runner = web.AppRunner(app, access_log=None, **runner_options())
         await runner.setup()
         await web.TCPSite(runner, host, port).start()
         self._embedded.runners.append(runner)

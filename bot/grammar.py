@@ -18,6 +18,9 @@ from bot.models import ImageInput, Quality, Resolution, VideoRequest
 DEFAULT_DURATION_S = 5
 ALLOWED_FPS = (16, 24)
 MAX_SEED = 2**31 - 1
+MAX_DURATION_S = 3600
+"""No limits file allows more; a larger number is refused here, before any arithmetic."""
+MAX_JOB_ID = 2**63 - 1
 DEFAULT_TIER = "720p"
 ASPECTS: dict[str, Resolution] = {a: TIER_SIZES[DEFAULT_TIER][a] for a in ("16:9", "9:16", "1:1")}
 """The common shapes at the default tier, for platforms that offer them as choices."""
@@ -45,12 +48,13 @@ Attach an image (or mention the bot on a message with one) to animate it."""
 
 # An option starts a word: "--fps", or "—fps" / "–fps" after phone keyboards "smarten" the dashes.
 _OPTION = re.compile(r"(?<!\S)(?:--|—|–)([A-Za-z][A-Za-z-]*)(?:=(\S*))?")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _QUOTES = {'"': '"', "'": "'", "“": "”", "‘": "’", "«": "»"}
 
 
 def parse_request(text: str, *, image: ImageInput | None = None) -> VideoRequest:
     """Parse a whole command text into a request; raise ``InvalidRequest`` naming what is wrong."""
-    prompt, options = split_options(text)
+    prompt, options = split_options(clean_text(text))
     return build_request(
         prompt,
         duration=options.get("duration"),
@@ -105,7 +109,7 @@ def build_request(
 ) -> VideoRequest:
     """Check each option and build the request. What varies by workspace and model (longest
     duration, allowed sizes and rates, which backends) is checked later by the service."""
-    prompt = prompt.strip()
+    prompt = clean_text(prompt).strip()
     if not prompt:
         raise InvalidRequest(
             "Describe the video you want, e.g. `a red fox running through fresh snow --duration 8`."
@@ -117,7 +121,7 @@ def build_request(
         resolution=size or TIER_SIZES[tier or DEFAULT_TIER][shape],
         fps=_fps(fps),
         seed=_seed(seed),
-        negative_prompt=(negative or "").strip(),
+        negative_prompt=clean_text(negative or "").strip(),
         quality=Quality.HIGH if hq else Quality.STANDARD,
         image=image,
         aspect=shape,
@@ -171,19 +175,62 @@ def _example(name: str) -> str:
     }[name]
 
 
-def _whole_number(name: str, value: int | str) -> int:
+def clean_text(text: str) -> str:
+    """``text`` with lone surrogates (from a JSON ``\\ud800`` escape) replaced by U+FFFD, so it
+    can be stored, logged and sent as UTF-8; everything else is kept as written."""
+    if not _SURROGATE.search(text):
+        return text
+    return _SURROGATE.sub("\ufffd", text)
+
+
+def parse_job_id(value: object, *, name: str = "job") -> int:
+    """A job number as a button, command or URL carries it (``42``, ``#42``); anything else,
+    a number too large for the database included, is refused with ``InvalidRequest``."""
+    if isinstance(value, bool):
+        value = str(value)
     if isinstance(value, int):
-        return value
-    text = value.strip().lower().removesuffix("s")
-    if not text.isdigit():
-        raise InvalidRequest(f"--{name} must be a whole number (got '{value}'), e.g. {_example(name)}.")
-    return int(text)
+        number = value
+    else:
+        text = str(value).strip().removeprefix("#")
+        if not (text.isascii() and text.isdigit() and len(text) <= 19):
+            raise InvalidRequest(f"The {name} number must be a whole number such as 42 (got '{_shown(value)}').")
+        number = int(text)
+    if not 1 <= number <= MAX_JOB_ID:
+        raise InvalidRequest(f"There is no job #{_shown(number)}.")
+    return number
+
+
+def _shown(value: object) -> str:
+    """A value quoted back to the person: short, and never a 5,000-digit conversion."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value) if value.bit_length() < 64 else "a very large number"
+    text = clean_text(str(value))
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
+def _whole_number(name: str, value: int | str, *, maximum: int) -> int:
+    """A number from an option: ASCII or any script's decimal digits (``١٦``), nothing else."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise InvalidRequest(f"--{name} must be a whole number, e.g. {_example(name)}.")
+    if isinstance(value, int):
+        number = value
+    else:
+        text = value.strip().lower().removesuffix("s")
+        if not text.isdecimal():
+            raise InvalidRequest(f"--{name} must be a whole number (got '{_shown(value)}'), e.g. {_example(name)}.")
+        text = text.lstrip("0") or "0"
+        if len(text) > len(str(maximum)):
+            raise InvalidRequest(f"--{name} must be between 0 and {maximum} (got {_shown(value)}).")
+        number = int(text)
+    if not 0 <= number <= maximum:
+        raise InvalidRequest(f"--{name} must be between 0 and {maximum} (got {_shown(number)}).")
+    return number
 
 
 def _duration(value: int | str | None) -> int:
     if value is None:
         return DEFAULT_DURATION_S
-    seconds = _whole_number("duration", value)
+    seconds = _whole_number("duration", value, maximum=MAX_DURATION_S)
     if seconds < 1:
         raise InvalidRequest(f"--duration must be at least 1 second (got {seconds}).")
     return seconds
@@ -192,7 +239,7 @@ def _duration(value: int | str | None) -> int:
 def _fps(value: int | str | None) -> int | None:
     if value is None:
         return None
-    fps = _whole_number("fps", value)
+    fps = _whole_number("fps", value, maximum=1000)
     if fps not in ALLOWED_FPS:
         raise InvalidRequest(f"--fps must be {' or '.join(map(str, ALLOWED_FPS))} (got {fps}).")
     return fps
@@ -210,9 +257,7 @@ def _model(value: str | None) -> str | None:
 def _seed(value: int | str | None) -> int | None:
     if value is None:
         return None
-    seed = _whole_number("seed", value)
-    if seed > MAX_SEED:
-        raise InvalidRequest(f"--seed must be between 0 and {MAX_SEED} (got {seed}).")
+    seed = _whole_number("seed", value, maximum=MAX_SEED)
     return seed
 
 

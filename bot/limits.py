@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import re
+import reprlib
 import time
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
@@ -101,15 +102,21 @@ _ScopedId = Annotated[str, AfterValidator(_scoped_id)]
 _Text = Annotated[str, AfterValidator(_not_blank)]
 _ResolutionText = Annotated[str, AfterValidator(_resolution)]
 _BackendName = Annotated[str, AfterValidator(_backend_name)]
-_Count = Annotated[int, Field(ge=0)]
-_Usd = Annotated[float, Field(ge=0)]
+# Upper bounds keep every later sum and conversion finite (a cooldown of 1e20 s has no date).
+_COUNT_MAX = 1_000_000_000
+_COOLDOWN_MAX_S = 366 * 24 * 3600
+_IMAGE_MB_MAX = 1024
+_MEGAPIXELS_MAX = 1000
+_USD_MAX = 1_000_000_000.0
+_Count = Annotated[int, Field(ge=0, le=_COUNT_MAX)]
+_Usd = Annotated[float, Field(ge=0, le=_USD_MAX, allow_inf_nan=False)]
 
 
 class _Table(BaseModel):
     """Every table of the file: an unknown key or a value of the wrong type is an error, never
     coerced, because a silently misread limit is worse than a refusal to start."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 class _Limits(_Table):
@@ -118,12 +125,12 @@ class _Limits(_Table):
     max_duration_s: Annotated[int, Field(ge=1, le=60)] | None = None
     resolutions: Annotated[list[_ResolutionText], Field(min_length=1)] | None = None
     fps: Annotated[list[Literal[16, 24]], Field(min_length=1)] | None = None
-    max_prompt_chars: Annotated[int, Field(ge=1)] | None = None
+    max_prompt_chars: Annotated[int, Field(ge=1, le=_COUNT_MAX)] | None = None
     blocked_terms: list[_Text] | None = None
     user_daily_jobs: _Count | None = None
     user_concurrent_jobs: _Count | None = None
     workspace_daily_jobs: _Count | None = None
-    cooldown_s: _Count | None = None
+    cooldown_s: Annotated[int, Field(ge=0, le=_COOLDOWN_MAX_S)] | None = None
     allowed_channels: list[_Text] | None = None
     user_monthly_budget_usd: _Usd | None = None
     workspace_monthly_budget_usd: _Usd | None = None
@@ -160,8 +167,8 @@ class _File(_Table):
     admins: list[_ScopedId] = []
     discord_manage_server_is_admin: bool = False
     queue_cap: _Count = 200
-    max_image_mb: Annotated[float, Field(gt=0)] = 20
-    max_image_megapixels: Annotated[float, Field(gt=0)] = 100
+    max_image_mb: Annotated[float, Field(gt=0, le=_IMAGE_MB_MAX)] = 20
+    max_image_megapixels: Annotated[float, Field(gt=0, le=_MEGAPIXELS_MAX)] = 100
     pricing: _Pricing = _Pricing()
     backends: dict[_BackendName, _Backend] = {}
     defaults: _Limits = _Limits()
@@ -283,7 +290,12 @@ def _key_path(loc: Sequence[str | int]) -> str:
 
 
 def _shown(value: Any) -> str:
-    text = json.dumps(value, default=str, ensure_ascii=False)
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return "a very large number"
+    try:
+        text = json.dumps(value, default=str, ensure_ascii=False)
+    except (ValueError, RecursionError):  # a 5,000-digit number, a list nested thousands deep
+        text = reprlib.repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -307,6 +319,10 @@ def _problem(source: str, error: Mapping[str, Any]) -> str:
     if rest and rest[-1] == "[key]" and key in _NAME_RULES:
         return f"{source}: {_key_path(loc[:-1])}: the name must be {_NAME_RULES[key]}{got}"
     rule = _ENTRY_RULES.get(str(key)) if rest else _RULES.get(str(key))
+    if rule and error["type"] == "less_than_equal" and " to " not in rule:
+        rule += f" and at most {error['ctx']['le']}"
+    elif rule and error["type"] == "finite_number":
+        rule += " (a finite number: not inf or nan)"
     return f"{source}: {_key_path(loc)}: {f'must be {rule}' if rule else error['msg']}{got}"
 
 
@@ -447,7 +463,14 @@ def load_limits(path: Path) -> LimitsConfig:
         raise LimitsError([f"{path}: is not UTF-8 text"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise LimitsError([f"{path}: is not valid TOML: {exc}"]) from None
-    return LimitsConfig(data, source=path)
+    except RecursionError:
+        raise LimitsError([f"{path}: is not valid TOML: arrays or tables nested too deeply"]) from None
+    except ValueError:  # an integer of thousands of digits
+        raise LimitsError([f"{path}: is not valid TOML: a number is too long"]) from None
+    try:
+        return LimitsConfig(data, source=path)
+    except RecursionError:
+        raise LimitsError([f"{path}: values are nested too deeply"]) from None
 
 
 def _file_stamp(path: Path) -> tuple[int, int, int] | None:

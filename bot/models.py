@@ -30,7 +30,7 @@ class Resolution:
     def parse(cls, text: str) -> "Resolution":
         """Parse ``"1280x720"``; raises ValueError on anything else."""
         w, sep, h = text.lower().strip().partition("x")
-        if not sep or not w.isdigit() or not h.isdigit():
+        if not sep or not all(side.isascii() and side.isdigit() and len(side) <= 5 for side in (w, h)):
             raise ValueError(text)
         return cls(int(w), int(h))
 

@@ -25,6 +25,14 @@ class Stage(StrEnum):
     CANCELED = "canceled"
 
 
+class PlatformRefused(Exception):
+    """The platform received the whole clip but answered with an error (a webhook's 5xx).
+
+    The runner retries it like any delivery fault; if every attempt fails, the job is not
+    refunded, because the person may well have the clip: only what was never received is.
+    """
+
+
 @dataclass(frozen=True)
 class ProgressUpdate:
     stage: Stage

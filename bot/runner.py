@@ -29,7 +29,7 @@ from bot.media import check_clip, concat, last_frame_png, probe, strip_audio
 from bot.metrics import Metrics
 from bot.catalog import ModelSpec
 from bot.models import Clip, ClipInfo, GenerationSpec, Mode, Quality, TaskState, TaskStatus
-from bot.notifier import ProgressUpdate, Stage
+from bot.notifier import PlatformRefused, ProgressUpdate, Stage
 from bot.service import JobService
 from storage.repository import StaleTransition
 from storage.tables import Job, JobState, utcnow
@@ -37,6 +37,15 @@ from storage.tables import Job, JobState, utcnow
 log = logging.getLogger(__name__)
 
 DELIVERY_ATTEMPTS = 4
+
+
+class _DeliveryFailed(BackendError):
+    """Every delivery attempt failed; ``received`` when the platform got the clip at least once
+    (it answered with an error after taking it), in which case the job is not refunded."""
+
+    def __init__(self, message: str, *, received: bool) -> None:
+        super().__init__(message)
+        self.received = received
 
 
 @dataclass(frozen=True)
@@ -215,6 +224,8 @@ class Runner:
             log.info("job %s: changed elsewhere (canceled?); stopping", job_id)
         except asyncio.CancelledError:
             log.info("job %s: stopped", job_id)
+        except _DeliveryFailed as error:
+            await self._fail(job_id, str(error), refund=not error.received)
         except BackendError as error:
             self.metrics.backend_errors.labels(backend=job.backend, retryable=str(error.retryable)).inc()
             await self._fail(job_id, str(error))
@@ -339,6 +350,7 @@ class Runner:
         clip = Clip(path=output, info=info, caption=self.caption(job))
         await self._progress(job, Stage.UPLOADING, 100, force=True)
         checkpoint = _Checkpoint(self.db, job)
+        received = False
         for attempt in range(1, DELIVERY_ATTEMPTS + 1):
             try:
                 ref = await notifier.deliver(job, clip, checkpoint)
@@ -346,7 +358,13 @@ class Runner:
             except (BackendError, asyncio.CancelledError):
                 raise
             except Exception as error:
+                received = received or isinstance(error, PlatformRefused)
                 if attempt == DELIVERY_ATTEMPTS:
+                    if received:
+                        raise _DeliveryFailed(
+                            f"The video was sent but the receiving end refused it ({error}); it counts as made.",
+                            received=True,
+                        ) from error
                     raise BackendError(f"The video was made but could not be posted: {error}") from error
                 log.warning("job %s: delivery attempt %s failed: %s", job.id, attempt, error)
                 await asyncio.sleep(self.options.delivery_backoff_s * 2 ** (attempt - 1))
@@ -354,8 +372,9 @@ class Runner:
             self.db.repo.transition, job.id or 0, JobState.SUCCEEDED, expect=[JobState.DELIVERING], delivered_ref=ref
         )
 
-    async def _fail(self, job_id: int, message: str) -> None:
-        """Mark the job failed (not counted against quotas) and tell the person why."""
+    async def _fail(self, job_id: int, message: str, *, refund: bool = True) -> None:
+        """Mark the job failed and tell the person why. It is not counted against quotas
+        (``refund``) unless the person may have the clip: a platform took it, then refused."""
         try:
             job = await self.db.run(
                 self.db.repo.transition,
@@ -364,7 +383,7 @@ class Runner:
                 expect=[JobState.QUEUED, JobState.SUBMITTED, JobState.RUNNING, JobState.FETCHING, JobState.DELIVERING],
                 detail=message,
                 error=message,
-                counts_toward_quota=False,
+                counts_toward_quota=not refund,
             )
         except StaleTransition:
             return

@@ -35,6 +35,7 @@ from storage.tables import ACTIVE_STATES, Job, JobState, utcnow
 log = logging.getLogger(__name__)
 
 MAX_SEED = 2**31 - 1
+MAX_JOB_ID = 2**63 - 1
 EXTENSION_MAX_S = 10
 
 
@@ -206,6 +207,8 @@ class JobService:
         return canceled
 
     async def status(self, job_id: int) -> Job:
+        if not 1 <= job_id <= MAX_JOB_ID:  # a typed option or button may carry any integer
+            raise JobNotFound(f"There is no job #{job_id if job_id.bit_length() < 64 else '(a very large number)'}.")
         job = await self.db.interactive(self.db.repo.get, job_id)
         if job is None:
             raise JobNotFound(f"There is no job #{job_id}.")

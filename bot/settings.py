@@ -66,6 +66,11 @@ class Settings:
     api_key: str = field(default="", repr=False)
     # the admin page at /admin on the same port; unset turns it off
     admin_token: str = field(default="", repr=False)
+    # the one workspace the job API key may act in; empty: any workspace and user id it names
+    api_workspace: str = ""
+    # hosts (or host:port) outbound requests may reach besides public addresses: a webhook
+    # receiver or worker on the LAN (backend and chat API URLs are allowed without listing)
+    allowed_hosts: tuple[str, ...] = ()
     log_level: str = "INFO"
     # Slack
     slack_bot_token: str = field(default="", repr=False)
@@ -146,6 +151,8 @@ class Settings:
             http_host=_str("VIDEOBOT_HTTP_HOST", "0.0.0.0"),
             api_key=_str("VIDEOBOT_API_KEY"),
             admin_token=_str("VIDEOBOT_ADMIN_TOKEN"),
+            api_workspace=_str("VIDEOBOT_API_WORKSPACE"),
+            allowed_hosts=tuple(h.strip() for h in _str("VIDEOBOT_ALLOWED_HOSTS").split(",") if h.strip()),
             log_level=_str("VIDEOBOT_LOG_LEVEL", "INFO").upper(),
             slack_bot_token=_str("SLACK_BOT_TOKEN"),
             slack_app_token=_str("SLACK_APP_TOKEN"),

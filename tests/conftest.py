@@ -27,6 +27,16 @@ def subprocess_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+@pytest.fixture(autouse=True)
+def outbound_hosts() -> Any:
+    """Each test starts with no admin-configured outbound hosts (``bot.outbound``) and leaves none."""
+    from bot import outbound
+
+    outbound.configure()
+    yield
+    outbound.configure()
+
+
 @pytest.fixture
 def make_settings(tmp_path: Path) -> SettingsFactory:
     """Settings on this test's own data folder; ``limits`` is the TOML text admins would write."""
@@ -52,6 +62,9 @@ async def receiver(tmp_path: Path) -> AsyncIterator[WebhookReceiver]:
     folder = tmp_path / "received"
     folder.mkdir()
     hook = await WebhookReceiver(folder).start()
+    from bot import outbound
+
+    outbound.allow(f"127.0.0.1:{hook.port}")  # a receiver on the LAN, as VIDEOBOT_ALLOWED_HOSTS lists it
     yield hook
     await hook.stop()
 

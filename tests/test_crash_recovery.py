@@ -57,6 +57,7 @@ class Bot:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = _env(tmp_path, VIDEOBOT_BACKEND="http", WAN_API_BASE_URL=simulator, VIDEOBOT_API_KEY=API_KEY,
+                        VIDEOBOT_ALLOWED_HOSTS="127.0.0.1",  # the webhook receiver on loopback
                         VIDEOBOT_HTTP_PORT=str(self.port), VIDEOBOT_MAX_CONCURRENCY=str(concurrency))
         self.log = tmp_path / "serve.log"
         self.process: asyncio.subprocess.Process | None = None

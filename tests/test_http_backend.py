@@ -15,8 +15,10 @@ from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from bot import outbound
 from bot.backends.base import Backend
 from bot.backends.http import HttpBackend
 from bot.errors import BackendError
@@ -64,8 +66,10 @@ async def provider() -> AsyncIterator[FakeProvider]:
 
 @pytest.fixture
 async def cdn() -> AsyncIterator[FakeProvider]:
-    """A second server on another port: another origin, like a provider's CDN."""
+    """A second server on another port: another origin, like a provider's CDN. It is on
+    loopback, so the admin lists it as an allowed host (VIDEOBOT_ALLOWED_HOSTS)."""
     async with FakeProvider() as fake:
+        outbound.allow(httpx.URL(fake.base_url).netloc.decode())
         yield fake
 
 

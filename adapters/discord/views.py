@@ -44,7 +44,7 @@ class JobButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=CUSTOM_
     async def from_custom_id(
         cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
     ) -> JobButton:
-        return cls(match["action"], int(match["job_id"]))
+        return cls(match["action"], _job_number(match["job_id"]))
 
     async def callback(self, interaction: discord.Interaction) -> None:
         service = bot_of(interaction).service
@@ -91,5 +91,11 @@ def view_job_ids(message: discord.Message) -> set[int]:
         for child in getattr(row, "children", []):
             match = CUSTOM_ID.fullmatch(getattr(child, "custom_id", None) or "")
             if match:
-                ids.add(int(match["job_id"]))
+                ids.add(_job_number(match["job_id"]))
     return ids
+
+
+def _job_number(digits: str) -> int:
+    """The job id a custom_id carries; one too long for any job becomes 0, which the service
+    answers as "no such job" instead of converting thousands of digits."""
+    return int(digits) if len(digits) <= 19 else 0

@@ -28,8 +28,9 @@ from slack_sdk.web.async_client import AsyncWebClient
 from adapters.slack.files import SlackFiles
 from adapters.slack.listeners import register
 from adapters.slack.notifier import SlackNotifier
-from bot.service import JobService
 from bot.errors import ConfigurationError
+from bot.service import JobService
+from bot.serving import guard_app, runner_options
 from bot.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -86,9 +87,9 @@ class SlackAdapter:
         if self.socket_mode:
             await self._connect_socket()
             return
-        web_app = web.Application()
+        web_app = guard_app(web.Application())
         web_app.router.add_post(EVENTS_PATH, self._handle)
-        self._runner = web.AppRunner(web_app, access_log=None)
+        self._runner = web.AppRunner(web_app, access_log=None, **runner_options())
         await self._runner.setup()
         # A burst of Slack requests must queue, not be dropped: a dropped SYN costs a second.
         site = web.TCPSite(self._runner, self._settings.http_host, self._settings.slack_port, backlog=1024)

@@ -29,7 +29,7 @@ from adapters.slack import render
 from adapters.slack.files import SlackFiles
 from adapters.slack.pacing import AckFirst
 from bot.errors import InvalidRequest, JobNotFound, LimitExceeded, VideobotError
-from bot.grammar import parse_request
+from bot.grammar import parse_job_id, parse_request
 from bot.models import ImageInput, Origin
 from bot.service import JobService
 
@@ -216,7 +216,7 @@ def register(app: AsyncApp, service: JobService, files: SlackFiles) -> None:
             await respond(text=text, response_type="ephemeral", replace_original=False)
 
         async with answering(by, reply):
-            await act(int(action["value"]), by)
+            await act(parse_job_id(action.get("value")), by)
 
     @app.action(render.CANCEL_ACTION)
     async def cancel_pressed(
@@ -271,10 +271,10 @@ async def _subcommand(service: JobService, origin: Origin, word: str, rest: str)
     if word == "usage":
         return await service.usage_text(origin)
     if word == "cancel" and match:
-        job = await service.cancel(int(match.group(1)), origin)
+        job = await service.cancel(parse_job_id(match.group(1)), origin)
         return f"Canceled video #{job.id}."
     if match:
-        job = await service.status(int(match.group(1)))
+        job = await service.status(parse_job_id(match.group(1)))
         if (job.platform, job.workspace_id) != (origin.platform, origin.workspace_id):
             raise JobNotFound(f"There is no job #{job.id}.")  # another workspace's jobs stay private
         return render.job_line(job)

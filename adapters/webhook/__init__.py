@@ -18,9 +18,9 @@ from bot.settings import Settings
 class WebhookAdapter:
     name = "webhook"
 
-    def __init__(self, service: JobService, api_key: str) -> None:
+    def __init__(self, service: JobService, api_key: str, *, workspace: str = "") -> None:
         self.notifier = WebhookNotifier()
-        self.routes: list[web.RouteDef] = job_routes(service, api_key)
+        self.routes: list[web.RouteDef] = job_routes(service, api_key, workspace=workspace)
         service.register_notifier(self.notifier)
 
     async def start(self) -> None:
@@ -31,7 +31,7 @@ class WebhookAdapter:
 
 
 def build_adapter(settings: Settings, service: JobService) -> WebhookAdapter:
-    return WebhookAdapter(service, settings.api_key)
+    return WebhookAdapter(service, settings.api_key, workspace=settings.api_workspace)
 
 
 __all__ = ["WebhookAdapter", "WebhookNotifier", "build_adapter", "job_routes"]

@@ -32,6 +32,7 @@ from typing import Any
 import httpx
 
 from bot.errors import BackendError
+from bot.outbound import BlockedDestination, guarded_client
 
 __all__ = ["ProviderClient", "Refusal", "json_object", "clip_text", "progress_fraction"]
 
@@ -40,6 +41,9 @@ _log = logging.getLogger(__name__)
 # Network faults after which the same request may well succeed; anything else httpx raises
 # (a malformed URL, an unsupported scheme) is a configuration error and is not retried.
 TRANSIENT_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+# What a provider's answer can do wrong on the wire: a link we must not or cannot follow (a
+# private address, another scheme, a redirect loop), or a body that cannot be decoded.
+PROVIDER_FAULTS = (BlockedDestination, httpx.TooManyRedirects, httpx.UnsupportedProtocol, httpx.InvalidURL, httpx.DecodingError)
 
 _NOT_RESPONDING = "The video service is not responding."
 _PROVIDER_MESSAGE_MAX = 300
@@ -59,6 +63,9 @@ class ProviderClient:
     with jitter, never shorter than ``Retry-After`` and never longer than ``backoff_max_s``.
     ``transport`` swaps the network layer (tests, a proxy); ``verify`` is httpx's TLS setting
     (an ``ssl.SSLContext``, or a CA bundle path for providers reached through a corporate proxy).
+    Every request, and every redirect hop, passes ``bot.outbound``'s guard: ``base_url``'s host
+    and port count as configured by the admin, anything else must be public or in
+    ``VIDEOBOT_ALLOWED_HOSTS``.
     """
 
     def __init__(
@@ -83,7 +90,8 @@ class ProviderClient:
         self._auth = dict(auth_headers or {})
         self._secret = secret
         self._refusal = refusal
-        self._client = httpx.AsyncClient(
+        self._client = guarded_client(
+            hosts=[str(self.base)],
             timeout=httpx.Timeout(timeout_s),
             limits=httpx.Limits(max_connections=max_concurrency + 2, max_keepalive_connections=max_concurrency),
             headers={"User-Agent": "videobot"},
@@ -137,6 +145,9 @@ class ProviderClient:
             except TRANSIENT_ERRORS as exc:
                 failure = BackendError(_NOT_RESPONDING, retryable=True)
                 outcome, cause = type(exc).__name__, exc
+            except PROVIDER_FAULTS as exc:
+                _log.info("%s %s -> %s: %s", method, url.path, type(exc).__name__, exc)
+                raise provider_fault(exc) from exc
             else:
                 status = response.status_code
                 outcome = f"HTTP {status}"
@@ -179,6 +190,8 @@ class ProviderClient:
             size = await _stream_to(response, dest, max_bytes)
         except TRANSIENT_ERRORS as exc:
             raise BackendError("The video download was interrupted — try again.", retryable=True) from exc
+        except PROVIDER_FAULTS as exc:
+            raise provider_fault(exc) from exc
         finally:
             await response.aclose()
         _log.debug("fetched %s (%d bytes)", response.url.path, size)
@@ -195,6 +208,20 @@ class ProviderClient:
         ceiling = self.backoff_base_s * 2**attempt
         backoff = random.uniform(ceiling / 2, ceiling)
         return min(self.backoff_max_s, max(backoff, retry_after or 0.0))
+
+
+def provider_fault(exc: Exception) -> BackendError:
+    """The person's message for a provider answer we will not or cannot follow: the provider's
+    fault, said as such (not "something went wrong on our side"), and not retried."""
+    if isinstance(exc, BlockedDestination):
+        reason = f"a link we will not follow ({exc})"
+    elif isinstance(exc, httpx.TooManyRedirects):
+        reason = "a link that redirects too many times"
+    elif isinstance(exc, httpx.DecodingError):
+        reason = "a body that cannot be decoded"
+    else:
+        reason = "a link we cannot follow"
+    return BackendError(f"The video service sent {reason}.")
 
 
 def _busy_message(status: int) -> str:

@@ -166,7 +166,11 @@ class HttpBackend:
         video_url = output.get("video_url") if isinstance(output, dict) else None
         if not isinstance(video_url, str) or not video_url:
             raise BackendError("The video service finished the task but sent no video URL.")
-        return TaskState(status, 1.0, video_url=str(self._client.url(video_url)))
+        try:
+            resolved = self._client.url(video_url)
+        except httpx.InvalidURL:
+            raise BackendError("The video service sent a video link we cannot follow.") from None
+        return TaskState(status, 1.0, video_url=str(resolved))
 
     async def fetch(self, state: TaskState, dest: Path, max_bytes: int) -> Path:
         """Download the finished video to ``dest`` (whole or not at all) and return it.
@@ -178,7 +182,11 @@ class HttpBackend:
         """
         if not state.video_url:
             raise BackendError("The video service gave no video to download.")
-        return await self._client.download(httpx.URL(state.video_url), dest, max_bytes)
+        try:
+            url = httpx.URL(state.video_url)
+        except httpx.InvalidURL:
+            raise BackendError("The video service sent a video link we cannot follow.") from None
+        return await self._client.download(url, dest, max_bytes)
 
     async def cancel(self, task_id: str) -> None:
         """Ask the provider to stop a task, once and without retries.

@@ -272,7 +272,9 @@ def build_provider_app(
 async def serve_provider(app: web.Application, host: str, port: int) -> web.AppRunner:
     """Start serving ``app`` on ``host:port`` (0 picks a free port, see ``bound_port``) and
     return the runner; ``await runner.cleanup()`` stops it and every task."""
-    runner = web.AppRunner(app)
+    from bot.serving import guard_app, runner_options
+
+    runner = web.AppRunner(guard_app(app), **runner_options())
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner
