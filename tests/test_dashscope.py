@@ -274,7 +274,8 @@ ENV_KEY = "sk-4f1e0c9d2b7a48e6a1c3d5e7f9b0a2c4"
 
 def _env(tmp_path: Path, fake: FakeDashScope, **extra: str) -> dict[str, str]:
     return subprocess_env(tmp_path, VIDEOBOT_LOG_LEVEL="INFO", COLUMNS="160", VIDEOBOT_BACKEND="dashscope",
-                          DASHSCOPE_HTTP_BASE_URL=fake.base_url, DASHSCOPE_API_KEY=fake.key, **extra)
+                          DASHSCOPE_HTTP_BASE_URL=fake.base_url, DASHSCOPE_API_KEY=fake.key,
+                          VIDEOBOT_ALLOWED_HOSTS=fake.cdn_host, **extra)
 
 
 async def videobot(tmp_path: Path, env: dict[str, str], *args: str, timeout: float = 50) -> tuple[int, str]:
@@ -461,6 +462,7 @@ async def test_kill_9_mid_task_then_restart_polls_the_stored_task_and_never_resu
     url = f"http://127.0.0.1:{port}"
     env = _env(tmp_path, keyed_fake, VIDEOBOT_API_KEY=api_key, VIDEOBOT_HTTP_PORT=str(port),
                VIDEOBOT_PROGRESS_INTERVAL="0.5")
+    env["VIDEOBOT_ALLOWED_HOSTS"] = "127.0.0.1"  # the OSS stand-in and the webhook receiver, on loopback
     log = tmp_path / "serve.log"
     auth = {"Authorization": f"Bearer {api_key}"}
 

@@ -312,7 +312,8 @@ async def test_an_expired_video_link_is_explained(fal: FakeFal, tmp_path: Path) 
 
 def fal_env(tmp_path: Path, fake: FakeFal, **extra: str) -> dict[str, str]:
     values = {"VIDEOBOT_BACKEND": "fal", "FAL_KEY": KEY, "FAL_QUEUE_RUN_HOST": fake.host,
-              "SSL_CERT_FILE": str(fake.ca_path), "VIDEOBOT_LOG_LEVEL": "WARNING", "COLUMNS": "120", **extra}
+              "SSL_CERT_FILE": str(fake.ca_path), "VIDEOBOT_ALLOWED_HOSTS": fake.cdn_host,
+              "VIDEOBOT_LOG_LEVEL": "WARNING", "COLUMNS": "120", **extra}
     return subprocess_env(tmp_path, **values)
 
 
@@ -445,6 +446,7 @@ async def test_kill_9_mid_request_resumes_from_the_stored_status_url_with_one_su
     api_key, port = "vb-test-key-0123456789", _free_port()
     env = fal_env(tmp_path, fal, VIDEOBOT_API_KEY=api_key, VIDEOBOT_HTTP_PORT=str(port), VIDEOBOT_LOG_LEVEL="INFO",
                   VIDEOBOT_PROGRESS_INTERVAL="0.5")
+    env["VIDEOBOT_ALLOWED_HOSTS"] = "127.0.0.1"  # the CDN stand-in and the webhook receiver, on loopback
     url, auth = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {api_key}"}
     log = tmp_path / "serve.log"
     receiver = await WebhookReceiver(tmp_path).start()

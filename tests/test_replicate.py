@@ -286,7 +286,8 @@ async def test_an_output_deleted_after_an_hour_is_a_clear_error(
 
 def _env(tmp_path: Path, fake: FakeReplicate, **extra: str) -> dict[str, str]:
     return subprocess_env(tmp_path, VIDEOBOT_LOG_LEVEL="INFO", COLUMNS="160", VIDEOBOT_BACKEND="replicate",
-                          REPLICATE_BASE_URL=fake.base_url, REPLICATE_API_TOKEN=TOKEN, **extra)
+                          REPLICATE_BASE_URL=fake.base_url, REPLICATE_API_TOKEN=TOKEN,
+                          VIDEOBOT_ALLOWED_HOSTS=fake.cdn_host, **extra)
 
 
 async def videobot(tmp_path: Path, fake: FakeReplicate, *args: str, **extra: str) -> tuple[int, str]:

@@ -48,6 +48,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from PIL import Image
 
+from bot import outbound
 from bot.catalog import MODELS, TIER_SIZES
 from bot.models import Mode
 from tests.clips import lavfi_clip
@@ -141,6 +142,11 @@ class FakeDashScope:
     def base_url(self) -> str:
         return f"{self.origin}/api/v1"
 
+    @property
+    def cdn_host(self) -> str:
+        """The bucket's ``host:port``, for a bot subprocess's ``VIDEOBOT_ALLOWED_HOSTS``."""
+        return f"127.0.0.1:{self._oss_port}"
+
     def queue(self, route: Route, *replies: Reply) -> None:
         """Answer the next requests to ``route`` with ``replies``, in order, before any check."""
         self._queues.setdefault(route, deque()).extend(replies)
@@ -169,6 +175,8 @@ class FakeDashScope:
         await web.TCPSite(self._runner, "127.0.0.1", 0).start()  # the "OSS" bucket: another origin
         self._port = self._runner.addresses[0][1]
         self._oss_port = self._runner.addresses[1][1]
+        # The bucket stands in for a public host: let this process's bot reach it.
+        outbound.allow(self.cdn_host)
         return self
 
     async def stop(self) -> None:

@@ -42,6 +42,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from PIL import Image
 
+from bot import outbound
 from tests.clips import lavfi_clip
 from tests.fakes.provider import Reply
 
@@ -132,6 +133,11 @@ class FakeFal:
     def cdn_origin(self) -> str:
         return f"https://127.0.0.1:{self._cdn_port}"
 
+    @property
+    def cdn_host(self) -> str:
+        """The fal.media stand-in's ``host:port``, for a bot subprocess's ``VIDEOBOT_ALLOWED_HOSTS``."""
+        return f"127.0.0.1:{self._cdn_port}"
+
     def queue(self, route: Route, *replies: Reply) -> None:
         """Answer the next requests to ``route`` with ``replies``, before any rule applies."""
         self._queues.setdefault(route, deque()).extend(replies)
@@ -170,6 +176,8 @@ class FakeFal:
         cdn.add_routes([web.get("/files/{token}/{name}", self._recorded("video", self._video))])
         self._port = await self._serve(queue, server)
         self._cdn_port = await self._serve(cdn, server)
+        # The fal.media stand-in is a public host to the bot: let this process's bot reach it.
+        outbound.allow(self.cdn_host)
         return self
 
     async def stop(self) -> None:

@@ -41,6 +41,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from PIL import Image
 
+from bot import outbound
 from tests.clips import lavfi_clip
 from tests.fakes.provider import Reply
 
@@ -130,6 +131,11 @@ class FakeReplicate:
     def delivery_origin(self) -> str:
         return f"http://127.0.0.1:{self._delivery_port}"
 
+    @property
+    def cdn_host(self) -> str:
+        """The replicate.delivery stand-in's ``host:port``, for a bot subprocess's ``VIDEOBOT_ALLOWED_HOSTS``."""
+        return f"127.0.0.1:{self._delivery_port}"
+
     def queue(self, route: Route, *replies: Reply) -> None:
         """Answer the next requests to ``route`` with ``replies`` (after the auth check), in order."""
         self._queues.setdefault(route, deque()).extend(replies)
@@ -165,6 +171,8 @@ class FakeReplicate:
         delivery.add_routes([web.get("/pbxt/{id}/output.mp4", self._output)])
         self._api_port = await self._serve(api)
         self._delivery_port = await self._serve(delivery)
+        # The replicate.delivery stand-in is a public host to the bot: let this process's bot reach it.
+        outbound.allow(self.cdn_host)
         return self
 
     async def stop(self) -> None:
