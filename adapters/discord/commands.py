@@ -13,11 +13,11 @@ from adapters.discord import render
 from adapters.discord.interactions import answer_privately, bot_of, start_job
 from adapters.discord.origins import PLATFORM, image_from_attachment, origin_from_interaction
 from adapters.discord.views import cancel_text
+from bot import Job
 from bot.errors import JobNotFound
 from bot.grammar import ASPECTS, MAX_SEED, build_request
 from bot.models import Origin
 from bot.service import JobService
-from storage.tables import Job
 
 MAX_DURATION_S = 60
 """The widest ``max_duration_s`` the limits file accepts; the limit in force is checked by the core."""

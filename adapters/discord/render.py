@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from bot import Job, JobState
 from bot.grammar import HELP_TEXT
 from bot.notifier import ProgressUpdate, Stage
-from storage.tables import Job, JobState
 
 MESSAGE_LIMIT = 2000
 THREAD_NAME_LIMIT = 100

@@ -28,8 +28,8 @@ from slack_sdk.web.async_client import AsyncWebClient
 from adapters.slack.files import SlackFiles
 from adapters.slack.listeners import register
 from adapters.slack.notifier import SlackNotifier
-from bot.service import JobService
 from bot.errors import ConfigurationError
+from bot.service import JobService
 from bot.settings import Settings
 
 log = logging.getLogger(__name__)

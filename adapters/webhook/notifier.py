@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import httpx
 
+from bot import Job
 from bot.models import Clip
 from bot.notifier import DeliveryCheckpoint, ProgressUpdate, StatusMessage
-from storage.tables import Job
 
 
 def idempotency_key(job: Job) -> str:
