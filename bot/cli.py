@@ -199,6 +199,7 @@ async def _serve(settings: Settings) -> None:
         for adapter in started:
             await adapter.stop()
         await core.stop()
+    _say("videobot stopped.")
 
 
 # -- generate -----------------------------------------------------------------------------
