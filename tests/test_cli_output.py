@@ -22,7 +22,7 @@ pytestmark = pytest.mark.timeout(60)
 def videobot(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "bot", *args], cwd=tmp_path, env=subprocess_env(tmp_path, **env),
-        capture_output=True, text=True, timeout=50,
+        capture_output=True, text=True, timeout=50, check=False,
     )  # fmt: skip
 
 
@@ -85,7 +85,7 @@ def test_worker_without_the_gpu_extra(tmp_path: Path) -> None:
     env = subprocess_env(tmp_path)
     env["PYTHONPATH"] = f"{blocked.parent}:{env.get('PYTHONPATH', '')}"
     result = subprocess.run([sys.executable, "-m", "bot", "worker", "--model", "x"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=50)  # fmt: skip
+                            capture_output=True, text=True, timeout=50, check=False)  # fmt: skip
     assert result.returncode == 1
     assert "needs the gpu extra: pip install 'videobot[gpu]'" in _one_error_line(result)
 

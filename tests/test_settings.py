@@ -140,7 +140,7 @@ def test_env_example_lists_every_setting() -> None:
     from bot.settings import EnvironmentSettings
 
     text = (ROOT / ".env.example").read_text()
-    listed = set(_docker_env_file(ROOT / ".env.example")) | set(re.findall(r"^# ([A-Z_]+)=", text, re.M))
+    listed = set(_docker_env_file(ROOT / ".env.example")) | set(re.findall(r"^# ([A-Z_]+)=", text, re.MULTILINE))
     variables = {str(f.validation_alias) for f in EnvironmentSettings.model_fields.values()} - {"SSL_CERT_FILE"}
     assert variables - listed == set()
 
@@ -153,7 +153,7 @@ def _videobot(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedPro
     full.update(VIDEOBOT_DATA_DIR=str(tmp_path / "data"), VIDEOBOT_LIMITS=str(tmp_path / "videobot.toml"))
     full.update(env)
     return subprocess.run(
-        [sys.executable, "-m", "bot", *args], cwd=tmp_path, env=full, capture_output=True, text=True, timeout=50
+        [sys.executable, "-m", "bot", *args], cwd=tmp_path, env=full, capture_output=True, text=True, timeout=50, check=False
     )
 
 
@@ -174,8 +174,10 @@ def test_every_command_refuses_bad_settings_in_one_line(tmp_path: Path, command:
     result = _videobot(tmp_path, *args, DISCORD_GUILD_IDS="# enables the Discord adapter")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "Error: DISCORD_GUILD_IDS='# enables the Discord adapter' is not valid: it takes comma-separated server ids "
-        "(numbers), e.g. 123456789012345678,234567890123456789."
+        (
+            "Error: DISCORD_GUILD_IDS='# enables the Discord adapter' is not valid: it takes comma-separated server "
+            "ids (numbers), e.g. 123456789012345678,234567890123456789."
+        )
     ]
 
 
