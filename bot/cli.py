@@ -30,7 +30,7 @@ from bot.limits import LimitsError, load_limits, window_start
 from bot.logs import configure_logging
 from bot.models import Clip, Origin
 from bot.notifier import DeliveryCheckpoint, ProgressUpdate, StatusMessage
-from bot.settings import LOG_LEVELS, Settings, SettingsError, load_env_file
+from bot.settings import LOG_LEVELS, Settings, SettingsError, backend_table_problems, load_env_file
 from storage.engine import make_engine, upgrade
 from storage.repository import JobRepository
 from storage.tables import Job, JobState, utcnow
@@ -364,6 +364,9 @@ def check_config() -> None:
         config = load_limits(settings.limits_path)
     except LimitsError as error:
         raise _fail(str(error), 1) from None
+    problems = backend_table_problems(settings, config.backends)
+    if problems:
+        raise _fail_all(problems, 1)
     where = settings.limits_path if settings.limits_path.exists() else f"{settings.limits_path} (missing: built-in defaults)"
     _say(("OK", "green"), f" settings; limits: {where}; timezone {config.timezone.key}; backend {settings.backend}")
 

@@ -352,3 +352,15 @@ def requirement_problems(settings: Settings) -> list[str]:
 
 
 _HOSTED_FIELDS = {"dashscope": "dashscope_api_key", "fal": "fal_key", "replicate": "replicate_api_token"}
+
+
+def backend_table_problems(settings: Settings, tables: Any) -> list[str]:
+    """What the limits file's ``[backends.NAME]`` tables need from the environment (their keys
+    stay there): the same refusals ``serve`` would meet when it builds them."""
+    problems: list[str] = []
+    for table in tables:
+        if table.type in HOSTED_KEYS and not getattr(settings, _HOSTED_FIELDS[table.type]):
+            problems.append(f"[backends.{table.name}] is type {table.type}, which needs {HOSTED_KEYS[table.type]}.")
+        if table.type == "http" and not settings.wan_api_base_url:
+            problems.append(f"[backends.{table.name}] is type http, which needs WAN_API_BASE_URL.")
+    return problems

@@ -193,3 +193,11 @@ def test_simulator_and_worker_read_dot_env_like_serve(tmp_path: Path) -> None:
         result = _videobot(tmp_path, *command)
         assert result.returncode == 2, (command, result.stderr)
         assert "VIDEOBOT_LOG_LEVEL='loud' is not valid" in result.stderr
+
+
+def test_check_config_names_a_backend_table_whose_key_is_missing(tmp_path: Path) -> None:
+    (tmp_path / "videobot.toml").write_text('[backends.final]\ntype = "fal"\n')
+    result = _videobot(tmp_path, "check-config")
+    assert result.returncode == 1
+    assert result.stderr.strip() == "Error: [backends.final] is type fal, which needs FAL_KEY."
+    assert _videobot(tmp_path, "check-config", FAL_KEY="fal-key-1").returncode == 0
