@@ -3,55 +3,148 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import getpass
 import os
 import shutil
 import signal
+import sys
 from datetime import timezone
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from bot.app import Core, enabled_adapters, freeze_startup_heap
-from bot.errors import VideobotError
+from bot.errors import ConfigurationError, VideobotError
 from bot.grammar import build_request
 from bot.images import load_image
 from bot.limits import LimitsError, load_limits, window_start
 from bot.logs import configure_logging
 from bot.models import Clip, Origin
 from bot.notifier import DeliveryCheckpoint, ProgressUpdate, StatusMessage
-from bot.settings import Settings
+from bot.settings import LOG_LEVELS, Settings, SettingsError, backend_table_problems, load_env_file
 from storage.engine import make_engine, upgrade
 from storage.repository import JobRepository
 from storage.tables import Job, JobState, utcnow
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="videobot: AI video generation for Slack and Discord.")
-console = Console(stderr=True)
+
+
+def make_console(*, stderr: bool = False) -> Console:
+    """Rich output that prints text as written (no markup: a prompt's ``[table]`` stays) and,
+    off a terminal (``docker logs``, a pipe, a file), never wraps or cuts a line."""
+    stream = sys.stderr if stderr else sys.stdout
+    if stream.isatty():
+        return Console(stderr=stderr, markup=False, highlight=False)
+    return Console(stderr=stderr, markup=False, highlight=False, soft_wrap=True, width=1000)
+
+
+console = make_console(stderr=True)
+
+
+def _version() -> str:
+    try:
+        return version("videobot")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"videobot {_version()}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    show_version: Annotated[
+        bool,
+        typer.Option("--version", is_eager=True, callback=_print_version, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """videobot: AI video generation for Slack and Discord."""
+    load_env_file()
 
 
 def _settings() -> Settings:
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env(dotenv=False)
+    except SettingsError as error:
+        raise _fail_all(error.problems) from None
     configure_logging(settings.log_level, settings.secret_values)
     return settings
 
 
+def _say(*parts: str | tuple[str, str]) -> None:
+    """Print one line; a ``(text, style)`` part is styled, every text is printed as written."""
+    console.print(Text.assemble(*parts))
+
+
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    console.print(f"[bold red]Error:[/] {message}")
+    _say(("Error:", "bold red"), " ", message)
     return typer.Exit(code)
+
+
+def _fail_all(problems: list[str], code: int = 2) -> typer.Exit:
+    for problem in problems:
+        _say(("Error:", "bold red"), " ", problem)
+    return typer.Exit(code)
+
+
+def _log_level() -> str:
+    """The log level for ``simulator`` and ``worker``, which need no other setting."""
+    raw = os.environ.get("VIDEOBOT_LOG_LEVEL", "").strip()
+    level = raw.upper() or "INFO"
+    if level not in LOG_LEVELS:
+        raise _fail(f"VIDEOBOT_LOG_LEVEL={raw!r} is not valid: it takes one of {', '.join(LOG_LEVELS)}.")
+    return level
+
+
+def _listen_problem(where: str, host: str, port: int, error: OSError) -> str:
+    if error.errno == errno.EADDRINUSE:
+        return f"{where}: port {port} on {host} is already in use (another videobot?); choose a free port."
+    if error.errno == errno.EACCES:
+        return f"{where}: not allowed to listen on port {port} (ports below 1024 need privileges); choose another."
+    return f"{where}: cannot listen on {host}:{port} ({error.strerror or error})."
+
+
+def _database_problem(settings: Settings, error: Exception) -> str:
+    """One line for a database that cannot be opened; the URL is shown without its password."""
+    try:
+        where = make_url(settings.database).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "DATABASE_URL is not a valid SQLAlchemy URL (e.g. postgresql+psycopg://user:pass@host/videobot)."
+    if isinstance(error, (NoSuchModuleError, ImportError)):
+        return f"DATABASE_URL={where}: its database driver is not installed ({error})."
+    reason = getattr(error, "orig", None) or error
+    text = str(reason).splitlines()[0] if str(reason) else type(reason).__name__
+    setting = "DATABASE_URL" if settings.database_url else "VIDEOBOT_DATA_DIR"
+    return f"Could not open the database {where} ({text}); check {setting}."
+
+
+async def _open_core(settings: Settings, **options: Any) -> Core:
+    try:
+        return await Core.create(settings, **options)
+    except (SQLAlchemyError, OSError, ImportError) as error:
+        raise ConfigurationError(_database_problem(settings, error)) from None
 
 
 def _announce(core: Core) -> None:
     if core.backend.name == "simulator":
-        console.print(
-            "[yellow]Backend: built-in simulator (no real model)[/] — clips are synthetic. "
-            "Set WAN_API_BASE_URL and WAN_API_KEY for real videos."
+        _say(
+            ("Backend: built-in simulator (no real model)", "yellow"),
+            " — clips are synthetic. Set WAN_API_BASE_URL and WAN_API_KEY for real videos.",
         )
     else:
-        console.print(f"Backend: {core.backend.label}")
+        _say(f"Backend: {core.backend.label}")
 
 
 # -- serve --------------------------------------------------------------------------------
@@ -68,40 +161,53 @@ def serve() -> None:
 
 
 async def _serve(settings: Settings) -> None:
-    core = await Core.create(settings)
-    adapters = enabled_adapters(settings, core.service)
-    for adapter in adapters:
-        await adapter.start()
-    routes = [route for adapter in adapters for route in getattr(adapter, "routes", [])]
-    if settings.admin_token and settings.http_port:
-        from adapters.admin import admin_routes
+    core = await _open_core(settings)
+    started: list[Any] = []
+    try:
+        adapters = enabled_adapters(settings, core.service)
+        for adapter in adapters:
+            try:
+                await adapter.start()
+            except OSError as error:
+                raise ConfigurationError(_listen_problem("SLACK_PORT", settings.http_host, settings.slack_port, error)) from None
+            started.append(adapter)
+        routes = [route for adapter in adapters for route in getattr(adapter, "routes", [])]
+        if settings.admin_token and settings.http_port:
+            from adapters.admin import admin_routes
 
-        routes += admin_routes(core, settings.admin_token)
-    freeze_startup_heap()
-    await core.runner.start()
-    if settings.http_port:
-        port = await core.serve_ops(settings.http_host, settings.http_port, routes)
-        console.print(f"Health: http://localhost:{port}/healthz  Metrics: http://localhost:{port}/metrics")
-        if settings.admin_token:
-            console.print(f"Admin page: http://localhost:{port}/admin")
-        else:
-            console.print("Admin page: off (set VIDEOBOT_ADMIN_TOKEN to a long random secret to turn on /admin)")
-    _announce(core)
-    names = ", ".join(a.name for a in adapters) or "none (set SLACK_BOT_TOKEN or DISCORD_TOKEN)"
-    console.print(f"Chat platforms: {names}. Database: {settings.database.split('///')[-1]}")
-    limits = settings.limits_path
-    console.print(f"Limits: {limits}" + ("" if limits.exists() else " (not found: built-in defaults; see videobot.example.toml)"))
-    if not adapters:
-        console.print('Try a clip from another terminal: videobot generate "a red fox in fresh snow" --output fox.mp4')
-    console.print("videobot is running; Ctrl-C stops it.")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    for adapter in adapters:
-        await adapter.stop()
-    await core.stop()
+            routes += admin_routes(core, settings.admin_token)
+        freeze_startup_heap()
+        await core.runner.start()
+        if settings.http_port:
+            try:
+                port = await core.serve_ops(settings.http_host, settings.http_port, routes)
+            except OSError as error:
+                where = "VIDEOBOT_HTTP_PORT"
+                raise ConfigurationError(_listen_problem(where, settings.http_host, settings.http_port, error)) from None
+            _say(f"Health: http://localhost:{port}/healthz  Metrics: http://localhost:{port}/metrics")
+            if settings.admin_token:
+                _say(f"Admin page: http://localhost:{port}/admin")
+            else:
+                _say("Admin page: off (set VIDEOBOT_ADMIN_TOKEN to a long random secret to turn on /admin)")
+        _announce(core)
+        names = ", ".join(a.name for a in adapters) or "none (set SLACK_BOT_TOKEN or DISCORD_TOKEN)"
+        _say(f"Chat platforms: {names}. Database: {settings.database.split('///')[-1]}")
+        limits = settings.limits_path
+        found = "" if limits.exists() else " (not found: built-in defaults; see videobot.example.toml)"
+        _say(f"Limits: {limits}{found}")
+        if not adapters:
+            _say('Try a clip from another terminal: videobot generate "a red fox in fresh snow" --output fox.mp4')
+        _say("videobot is running; Ctrl-C stops it.")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+    finally:
+        for adapter in started:
+            await adapter.stop()
+        await core.stop()
+    _say("videobot stopped.")
 
 
 # -- generate -----------------------------------------------------------------------------
@@ -174,9 +280,9 @@ def generate(
 
 async def _generate(settings: Settings, request, output: Path) -> int:  # type: ignore[no-untyped-def]
     mine: set[int] = set()
-    core = await Core.create(settings, platforms=["cli"], only_job_ids=mine)
+    core = await _open_core(settings, platforms=["cli"], only_job_ids=mine)
     _announce(core)
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn())
+    columns = (TextColumn("{task.description}", markup=False), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn())
     try:
         with Progress(*columns, console=console) as bar:
             notifier = _TerminalNotifier(output, bar, bar.add_task("submitting", total=100))
@@ -191,9 +297,9 @@ async def _generate(settings: Settings, request, output: Path) -> int:  # type: 
     finally:
         await core.stop()
     if job.job_state is not JobState.SUCCEEDED:
-        console.print(f"[bold red]Job #{job.id} {job.state}:[/] {job.error or notifier.failure or 'no reason given'}")
+        _say((f"Job #{job.id} {job.state}:", "bold red"), " ", job.error or notifier.failure or "no reason given")
         return 1
-    console.print(f"Wrote {output} ({job.duration_s} s, {job.width}x{job.height}, {job.fps} fps, seed {job.seed})")
+    _say(f"Wrote {output} ({job.duration_s} s, {job.width}x{job.height}, {job.fps} fps, seed {job.seed})")
     return 0
 
 
@@ -202,23 +308,32 @@ async def _generate(settings: Settings, request, output: Path) -> int:  # type: 
 
 def _repository(settings: Settings) -> JobRepository:
     """The job store alone: reading jobs needs no backend and no runner."""
-    engine = make_engine(settings.database)
-    upgrade(engine)
+    try:
+        engine = make_engine(settings.database)
+        upgrade(engine)
+    except (SQLAlchemyError, OSError, ImportError) as error:
+        raise _fail(_database_problem(settings, error), 1) from None
     return JobRepository(engine)
 
 
+_STATE_WIDTH = max(len(state.value) for state in JobState)
+
+
 @app.command()
-def jobs(limit: Annotated[int, typer.Option(help="How many recent jobs.")] = 20) -> None:
+def jobs(limit: Annotated[int, typer.Option(min=1, help="How many recent jobs.")] = 20) -> None:
     """List recent jobs and their states."""
     rows = _repository(_settings()).recent(limit)
     table = Table("id", "state", "who", "where", "prompt", "dur", "size", "created (UTC)", "error")
+    table.columns[1].no_wrap = True
+    table.columns[1].min_width = _STATE_WIDTH
     for job in rows:
-        table.add_row(
+        cells = (
             str(job.id), job.state, job.user_name or job.user_id, f"{job.platform}:{job.channel_id}",
             job.prompt[:40], f"{job.duration_s}s", f"{job.width}x{job.height}",
             job.created_at.strftime("%Y-%m-%d %H:%M"), (job.error or "")[:40],
         )
-    Console().print(table)
+        table.add_row(*(Text(cell) for cell in cells))
+    make_console().print(table)
 
 
 @app.command()
@@ -238,22 +353,31 @@ def usage() -> None:
     )
     table = Table("platform", "user", "today", "this month", "spend (USD)")
     for row in rows:
-        table.add_row(row.platform, row.user_name or row.user_id, str(row.jobs_today), str(row.jobs_month), f"{row.spend_month:.2f}")
-    Console().print(table)
+        cells = (row.platform, row.user_name or row.user_id, str(row.jobs_today), str(row.jobs_month), f"{row.spend_month:.2f}")
+        table.add_row(*(Text(cell) for cell in cells))
+    make_console().print(table)
 
 
 @app.command("check-config")
 def check_config() -> None:
-    """Validate the limits file and settings; exit non-zero naming each problem."""
-    settings = Settings.from_env()
+    """Validate the settings and the limits file; exit non-zero naming each problem.
+
+    The settings are checked exactly as ``serve`` checks them at start (exit 2), then the
+    limits file (exit 1): what this calls OK, ``serve`` accepts.
+    """
+    try:
+        settings = Settings.from_env(dotenv=False)
+    except SettingsError as error:
+        raise _fail_all(error.problems) from None
     try:
         config = load_limits(settings.limits_path)
     except LimitsError as error:
         raise _fail(str(error), 1) from None
+    problems = backend_table_problems(settings, config.backends)
+    if problems:
+        raise _fail_all(problems, 1)
     where = settings.limits_path if settings.limits_path.exists() else f"{settings.limits_path} (missing: built-in defaults)"
-    console.print(f"[green]OK[/] limits: {where}; timezone {config.timezone.key}; backend {settings.backend}")
-    if settings.backend == "http" and not settings.wan_api_base_url:
-        raise _fail("VIDEOBOT_BACKEND=http needs WAN_API_BASE_URL.", 1)
+    _say(("OK", "green"), f" settings; limits: {where}; timezone {config.timezone.key}; backend {settings.backend}")
 
 
 # -- servers ------------------------------------------------------------------------------
@@ -262,54 +386,94 @@ def check_config() -> None:
 @app.command()
 def simulator(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8900,
-    latency: Annotated[float, typer.Option(help="Seconds each task takes beyond rendering.")] = 0.0,
-    fail_rate: Annotated[float, typer.Option(help="Fraction of tasks that fail.")] = 0.0,
-    rate_limit_rate: Annotated[float, typer.Option("--429-rate", help="Fraction of submits answered 429.")] = 0.0,
-    error_rate: Annotated[float, typer.Option("--500-rate", help="Fraction of submits answered 500.")] = 0.0,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on (0: any free one).")] = 8900,
+    latency: Annotated[float, typer.Option(min=0.0, help="Seconds each task takes beyond rendering.")] = 0.0,
+    fail_rate: Annotated[float, typer.Option(min=0.0, max=1.0, help="Fraction of tasks that fail (0 to 1).")] = 0.0,
+    rate_limit_rate: Annotated[
+        float, typer.Option("--429-rate", min=0.0, max=1.0, help="Fraction of submits answered 429 (0 to 1).")
+    ] = 0.0,
+    error_rate: Annotated[
+        float, typer.Option("--500-rate", min=0.0, max=1.0, help="Fraction of submits answered 500 (0 to 1).")
+    ] = 0.0,
     hang: Annotated[bool, typer.Option(help="Tasks never finish.")] = False,
     bad_video: Annotated[bool, typer.Option(help="Finished tasks serve garbage instead of an mp4.")] = False,
     cache_clips: Annotated[bool, typer.Option(help="Render once per shape and reuse (benchmarks).")] = False,
     audio: Annotated[bool, typer.Option("--audio", help="Clips carry a tone as sound (pitch follows the seed).")] = False,
-    max_parallel: Annotated[int, typer.Option(help="Tasks rendered at once; the rest wait queued.")] = 4,
+    max_parallel: Annotated[int, typer.Option(min=1, help="Tasks rendered at once; the rest wait queued.")] = 4,
     files_dir: Annotated[Optional[Path], typer.Option(help="Where clips are kept.")] = None,
     api_key: Annotated[str, typer.Option(envvar="SIMULATOR_API_KEY", help="Require this bearer key.")] = "",
 ) -> None:
     """Serve the provider REST API with synthetic clips, at http://HOST:PORT/v1."""
     from bot.provider.simulator import SimulatorOptions, run_simulator
 
-    configure_logging(os.environ.get("VIDEOBOT_LOG_LEVEL", "INFO").upper(), [api_key] if api_key else [])
+    configure_logging(_log_level(), [api_key] if api_key else [])
     options = SimulatorOptions(
         latency_s=latency, fail_rate=fail_rate, http_429_rate=rate_limit_rate, http_500_rate=error_rate,
         hang=hang, bad_video=bad_video, cache_clips=cache_clips, audio=audio,
     )
-    run_simulator(host, port, options, files_dir=files_dir, api_key=api_key or None, max_parallel=max_parallel)
+    try:
+        run_simulator(host, port, options, files_dir=files_dir, api_key=api_key or None, max_parallel=max_parallel)
+    except OSError as error:
+        raise _fail(_listen_problem(f"--port {port}", host, port, error), 1) from None
 
 
 @app.command()
 def worker(
-    model: Annotated[str, typer.Option(help="A Wan checkpoint: Hugging Face id or local folder.")],
+    model: Annotated[
+        str, typer.Option(envvar="VIDEOBOT_MODEL", help="A Wan checkpoint: Hugging Face id or local folder.")
+    ],
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8900,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8900,
     api_key: Annotated[str, typer.Option(envvar="WORKER_API_KEY", help="Require this bearer key.")] = "",
-    preset: Annotated[str, typer.Option(help="quality (the model's steps) or fast (step-distilled LoRA).")] = "quality",
-    lora: Annotated[Optional[str], typer.Option(help="Step-distillation LoRA for --preset fast.")] = None,
-    offload: Annotated[str, typer.Option(help="none, model or group: for GPUs smaller than the model.")] = "none",
+    preset: Annotated[
+        str, typer.Option(envvar="VIDEOBOT_PRESET", help="quality (the model's steps) or fast (step-distilled LoRA).")
+    ] = "quality",
+    lora: Annotated[Optional[str], typer.Option(envvar="VIDEOBOT_LORA", help="Step-distillation LoRA for --preset fast.")] = None,
+    offload: Annotated[
+        str, typer.Option(envvar="VIDEOBOT_OFFLOAD", help="none, model or group: for GPUs smaller than the model.")
+    ] = "none",
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the transformer.")] = False,
     vae_tiling: Annotated[bool, typer.Option("--vae-tiling", help="Decode in tiles to save memory.")] = False,
     files_dir: Annotated[Path, typer.Option(help="Where finished clips are kept.")] = Path("videobot-worker"),
 ) -> None:
     """Serve the provider REST API at http://HOST:PORT/v1 with the model on this machine's GPU."""
-    configure_logging(os.environ.get("VIDEOBOT_LOG_LEVEL", "INFO").upper(), [api_key] if api_key else [])
-    from bot.gpu import LoadOptions, Offload, Preset, run_worker
+    configure_logging(_log_level(), [api_key] if api_key else [])
+    try:
+        from bot.gpu import LoadOptions, Offload, Preset, run_worker
+    except ImportError as error:
+        raise _fail(str(error), 1) from None
 
     try:
-        options = LoadOptions(preset=Preset(preset), lora=lora, offload=Offload(offload), compile=compile,
-                              vae_tiling=vae_tiling)
+        options = LoadOptions(preset=Preset(preset.lower()), lora=lora or None, offload=Offload(offload.lower()),
+                              compile=compile, vae_tiling=vae_tiling)
     except ValueError:
         raise _fail("--preset must be quality or fast, and --offload none, model or group.") from None
-    run_worker(host, port, model, api_key or None, options=options, files_dir=files_dir)
+    try:
+        run_worker(host, port, model, api_key or None, options=options, files_dir=files_dir)
+    except OSError as error:
+        raise _fail(_listen_problem(f"--port {port}", host, port, error), 1) from None
+
+
+# typer >= 0.2x carries its own copy of click; the exceptions live beside ``typer.BadParameter``.
+_clicks = sys.modules[typer.BadParameter.__module__]
 
 
 def main() -> None:
-    app()
+    """The ``videobot`` entry point: a wrong flag or value is one line naming it, then a pointer
+    to ``--help``, never a usage box or a traceback."""
+    no_args = getattr(_clicks, "NoArgsIsHelpError", ())
+    try:
+        code = app(standalone_mode=False)
+    except no_args as error:  # bare ``videobot``: the help, as before
+        print(error.ctx.get_help() if error.ctx else "")
+        code = 2
+    except _clicks.UsageError as error:
+        command = error.ctx.command_path if error.ctx else "videobot"
+        _say(("Error:", "bold red"), f" {error.format_message()} (see {command} --help)")
+        code = error.exit_code
+    except _clicks.ClickException as error:
+        _say(("Error:", "bold red"), f" {error.format_message()}")
+        code = error.exit_code
+    except typer.Abort:
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)

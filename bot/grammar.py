@@ -52,22 +52,55 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 _QUOTES = {'"': '"', "'": "'", "“": "”", "‘": "’", "«": "»"}
 
 
-def parse_request(text: str, *, image: ImageInput | None = None) -> VideoRequest:
-    """Parse a whole command text into a request; raise ``InvalidRequest`` naming what is wrong."""
+def parse_request(text: str, *, image: ImageInput | None = None, **fields: object) -> VideoRequest:
+    """Parse a whole command text into a request; raise ``InvalidRequest`` naming what is wrong.
+
+    ``fields`` are a platform's native option fields (Discord's /video form: ``duration=8``,
+    ``hq=True``; ``None`` or ``False`` when left empty). Options typed in the text are read by
+    the same grammar, so ``a fox --duration 8`` in the prompt field means what it means in a
+    mention; a field and a typed option that disagree are refused, naming both.
+    """
     prompt, options = split_options(clean_text(text))
+    chosen: dict[str, object] = dict(options)
+    for name, value in fields.items():
+        if name not in VALUE_OPTIONS and name not in FLAG_OPTIONS:
+            raise TypeError(f"parse_request() got an unknown field {name!r}")
+        if value is None or value is False:
+            continue
+        if name in FLAG_OPTIONS:
+            chosen[name] = ""
+        elif name in options and not _same(name, options[name], value):
+            raise InvalidRequest(
+                f"The {name} is given twice and they disagree: {value} in the {name} field, "
+                f"--{name} {options[name]} in the prompt. Keep one."
+            )
+        else:
+            chosen[name] = value
     return build_request(
         prompt,
-        duration=options.get("duration"),
-        aspect=options.get("aspect"),
-        resolution=options.get("resolution"),
-        fps=options.get("fps"),
-        seed=options.get("seed"),
-        negative=options.get("negative"),
-        hq="hq" in options,
-        model=options.get("model"),
-        silent="silent" in options,
+        duration=chosen.get("duration"),  # type: ignore[arg-type]
+        aspect=chosen.get("aspect"),  # type: ignore[arg-type]
+        resolution=chosen.get("resolution"),  # type: ignore[arg-type]
+        fps=chosen.get("fps"),  # type: ignore[arg-type]
+        seed=chosen.get("seed"),  # type: ignore[arg-type]
+        negative=chosen.get("negative"),  # type: ignore[arg-type]
+        hq="hq" in chosen,
+        model=chosen.get("model"),  # type: ignore[arg-type]
+        silent="silent" in chosen,
         image=image,
     )
+
+
+def _same(name: str, typed: str, field: object) -> bool:
+    """Whether a typed option and a native field ask for the same thing (``8`` and ``8s`` do)."""
+    if name in ("duration", "fps", "seed"):
+        try:
+            return _whole_number(name, typed) == _whole_number(name, field)  # type: ignore[arg-type]
+        except InvalidRequest:
+            return False
+    if name == "negative":
+        return typed.strip() == str(field).strip()
+    return typed.strip().lower() == str(field).strip().lower()
 
 
 def split_options(text: str) -> tuple[str, dict[str, str]]:

@@ -16,6 +16,38 @@ from tests.fakes.webhook_receiver import WebhookReceiver
 
 SettingsFactory = Callable[..., Settings]
 
+FORBID_SKIPS = "VIDEOBOT_FORBID_SKIPS"
+"""Set (by .ci/run) to fail the run when any test but a ``cuda``-marked one is skipped: CI has
+every extra installed, so a skip there means a test silently stopped running."""
+
+_unexpected_skips: list[str] = []
+
+
+def _record_skip(report: pytest.CollectReport | pytest.TestReport) -> None:
+    if report.skipped and not hasattr(report, "wasxfail") and "cuda" not in report.keywords:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        _unexpected_skips.append(f"{report.nodeid}: {reason.removeprefix('Skipped: ')}")
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _record_skip(report)
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    _record_skip(report)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if hasattr(session.config, "workerinput") or not os.environ.get(FORBID_SKIPS) or not _unexpected_skips:
+        return
+    writer = session.config.get_terminal_writer()
+    writer.line()
+    writer.line(f"{FORBID_SKIPS}: only CUDA tests may be skipped here, but these were:", red=True)
+    for line in _unexpected_skips:
+        writer.line(f"  {line}", red=True)
+    if session.exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
 
 def subprocess_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     """The environment for a `videobot` subprocess: this machine's, minus any videobot, provider

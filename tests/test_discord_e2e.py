@@ -217,6 +217,45 @@ async def test_video_command_with_an_image_animates_it_in_the_images_shape(make_
     assert "720x1280" in clip_message["content"]
 
 
+async def test_options_typed_in_the_prompt_field_shape_the_clip(make_world: WorldFactory) -> None:
+    world = await make_world()
+    fake = world.fake
+    interaction = await fake.slash_command(
+        world.channel, world.alice, "video", {"prompt": "a fox in the snow --duration 2 --aspect 1:1"}
+    )
+    await answered(interaction)
+    (thread,) = await fake.wait_for(world.threads)
+    await world.clip_in(thread.id)
+    job = await world.core.service.status(1)
+    assert job.prompt == "a fox in the snow"  # the options are not sent to the model as text
+    assert (job.duration_s, job.width, job.height) == (2, 960, 960)
+
+
+async def test_a_field_and_a_typed_option_that_disagree_are_refused_privately(make_world: WorldFactory) -> None:
+    world = await make_world()
+    fake = world.fake
+    interaction = await fake.slash_command(
+        world.channel, world.alice, "video", {"prompt": "a fox --duration 8", "duration": 3}
+    )
+    await answered(interaction)
+    (refusal,) = await fake.wait_for(lambda: fake.ephemeral_replies(interaction))
+    assert "3 in the duration field, --duration 8 in the prompt. Keep one." in refusal["content"]
+    assert world.threads() == []
+
+
+async def test_the_resolution_field_works_like_slacks_option(make_world: WorldFactory) -> None:
+    world = await make_world()
+    fake = world.fake
+    interaction = await fake.slash_command(
+        world.channel, world.alice, "video", {"prompt": "a small fox", "duration": 1, "resolution": "832x480"}
+    )
+    await answered(interaction)
+    (thread,) = await fake.wait_for(world.threads)
+    await world.clip_in(thread.id)
+    job = await world.core.service.status(1)
+    assert (job.width, job.height) == (832, 480)
+
+
 async def test_mention_with_an_image_starts_a_job_in_a_thread_on_the_message(make_world: WorldFactory) -> None:
     world = await make_world()
     fake = world.fake

@@ -58,3 +58,8 @@ def test_a_quota_refusal_carries_the_usage() -> None:
         "No more today.\n\nYour usage: 20 videos today"
     )
     assert render.refusal("That is not an image.") == "That is not an image."
+
+
+def test_help_teaches_the_options_typed_in_the_video_prompt_field() -> None:
+    text = render.help_text()
+    assert "type the options below right after your prompt" in text and "--duration N" in text

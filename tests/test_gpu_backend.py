@@ -6,6 +6,7 @@ CPU in seconds. The CUDA tests at the bottom are the same story on a GPU, with t
 only exist there (bf16, torch.compile, offload).
 """
 
+# ruff: noqa: E402  (the gpu extra is checked for before the imports that need it)
 from __future__ import annotations
 
 import asyncio
@@ -23,7 +24,12 @@ from typing import Any
 
 import httpx
 import pytest
-import torch
+
+# The CPU twins of the GPU tests need the gpu extra (torch, diffusers, ...): `pip install -e
+# ".[gpu,test]"`. .ci/run installs it, and there a skip here fails the run.
+torch = pytest.importorskip("torch", reason="needs the gpu extra: pip install -e '.[gpu,test]'")
+pytest.importorskip("diffusers", reason="needs the gpu extra: pip install -e '.[gpu,test]'")
+
 from PIL import Image
 
 from bot import media
@@ -572,7 +578,9 @@ def test_run_worker_loads_serves_and_stops_cleanly_on_sigterm(
 
 # ── the same story on a GPU ────────────────────────────────────────────────────────────────────
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def needs_cuda(test: Any) -> Any:
+    """Marked ``cuda``: the only tests .ci/run lets be skipped (it has no GPU)."""
+    return pytest.mark.cuda(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")(test))
 
 
 @needs_cuda

@@ -98,3 +98,43 @@ def test_an_exact_size_is_kept_as_asked() -> None:
 def test_model_and_silent_are_read_and_cut_from_the_prompt() -> None:
     request = parse_request("a fox in the snow --model Final --silent")
     assert (request.prompt, request.backend, request.silent) == ("a fox in the snow", "final", True)
+
+
+# -- a platform's native fields and the options typed in the prompt (Discord's /video) ---------
+
+
+def test_options_typed_in_the_prompt_field_are_read_beside_the_native_fields() -> None:
+    request = parse_request("a fox --duration 8", aspect="9:16", hq=False, seed=None)
+    assert request.prompt == "a fox" and request.duration_s == 8 and request.resolution == Resolution(720, 1280)
+
+
+def test_a_field_and_a_typed_option_that_agree_are_fine() -> None:
+    assert parse_request("a fox --duration 8s --aspect 9:16", duration=8, aspect="9:16").duration_s == 8
+
+
+@pytest.mark.parametrize(
+    ("text", "fields", "message"),
+    [
+        ("a fox --duration 8", {"duration": 5}, "The duration is given twice and they disagree: 5 in the duration "
+                                                 "field, --duration 8 in the prompt. Keep one."),
+        ("a fox --aspect 1:1", {"aspect": "9:16"}, "9:16 in the aspect field, --aspect 1:1 in the prompt"),
+        ("a fox --resolution 480p", {"resolution": "1080p"}, "1080p in the resolution field, --resolution 480p"),
+        ("a fox --seed 7", {"seed": 8}, "8 in the seed field, --seed 7 in the prompt"),
+    ],
+    ids=["duration", "aspect", "resolution", "seed"],
+)
+def test_a_field_and_a_typed_option_that_disagree_are_refused(text: str, fields: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidRequest, match="given twice") as caught:
+        parse_request(text, **fields)
+    assert message in str(caught.value)
+
+
+def test_typed_flags_and_native_flags_both_count() -> None:
+    assert parse_request("a fox --hq").quality is Quality.HIGH
+    assert parse_request("a fox", hq=True).quality is Quality.HIGH
+    assert parse_request("a fox --silent", hq=False).silent
+
+
+def test_a_native_resolution_field_reads_like_the_typed_option() -> None:
+    assert parse_request("a fox", resolution="832x480").resolution == Resolution(832, 480)
+    assert parse_request("a fox", resolution="480p", aspect="9:16").tier == "480p"

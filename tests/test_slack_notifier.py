@@ -210,3 +210,19 @@ async def test_cancel_shown_on_the_status_removes_the_cancel_button(fake: FakeSl
 
     update = fake.calls_to("chat.update")[-1].params
     assert update["text"].endswith("— canceled") and [b["type"] for b in update["blocks"]] == ["section"]
+
+
+async def test_a_rate_limited_call_is_retried_by_the_web_client_itself(fake: FakeSlack) -> None:
+    from adapters.slack.app import web_client
+
+    notifier = SlackNotifier(web_client(BOT_TOKEN, fake.api_url), stage_wait_s=0.2)
+    fake.rate_limit("chat.postMessage", times=2)
+    status = await notifier.acknowledge(make_job(), 0)
+    assert status is not None
+    assert len(fake.calls_to("chat.postMessage")) == 3  # two 429s, then the post
+
+
+async def test_a_client_without_the_handler_surfaces_the_429(fake: FakeSlack, notifier: SlackNotifier) -> None:
+    fake.rate_limit("chat.postMessage", times=1)
+    with pytest.raises(SlackApiError):
+        await notifier.acknowledge(make_job(), 0)

@@ -1,8 +1,9 @@
 """The slash commands: /video with typed options, and /video-status, -cancel, -usage, -help.
 
 /video's options are Discord-native fields (an attachment picker, choices for aspect and fps,
-ranged integers), then checked by the same ``build_request`` every platform uses, so the rules
-and their messages are the grammar's, not a second copy.
+ranged integers). The prompt field is read by the same grammar as a mention, so options typed
+there (``a fox --duration 8``) count too; ``parse_request`` merges both and refuses a field and
+a typed option that disagree. The rules and their messages are the grammar's, not a second copy.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ from adapters.discord import render
 from adapters.discord.interactions import answer_privately, bot_of, start_job
 from adapters.discord.origins import PLATFORM, image_from_attachment, origin_from_interaction
 from adapters.discord.views import cancel_text
+from bot import Job
 from bot.errors import JobNotFound
-from bot.grammar import ASPECTS, MAX_SEED, build_request
+from bot.grammar import ASPECTS, MAX_SEED, parse_request
 from bot.models import Origin
 from bot.service import JobService
-from storage.tables import Job
 
 MAX_DURATION_S = 60
 """The widest ``max_duration_s`` the limits file accepts; the limit in force is checked by the core."""
@@ -35,10 +36,11 @@ def build_commands() -> list[app_commands.Command]:
     @app_commands.command(name="video", description="Make a short video from a description, or animate an image")
     @app_commands.guild_only()
     @app_commands.describe(
-        prompt="What the video shows",
+        prompt="What the video shows; options may follow, e.g. a fox running --duration 8",
         image="An image to animate (PNG, JPEG, WebP, GIF or BMP)",
         duration="Seconds of video (default 5)",
         aspect="Shape of the video (default 16:9, or the image's shape)",
+        resolution="480p, 720p or 1080p (with the shape), or an exact size such as 832x480",
         fps="Frames per second (default 16)",
         seed="Repeat an earlier result exactly",
         negative="What to keep out of the video",
@@ -52,6 +54,7 @@ def build_commands() -> list[app_commands.Command]:
         image: Attachment | None = None,
         duration: app_commands.Range[int, 1, MAX_DURATION_S] | None = None,
         aspect: app_commands.Choice[str] | None = None,
+        resolution: app_commands.Range[str, 2, 16] | None = None,
         fps: app_commands.Choice[int] | None = None,
         seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
         negative: str | None = None,
@@ -62,15 +65,16 @@ def build_commands() -> list[app_commands.Command]:
         async def create(origin: Origin) -> Job:
             limits = bot.service.limits.current()
             picture = await image_from_attachment(image, limits) if image is not None else None
-            request = build_request(
+            request = parse_request(
                 prompt,
+                image=picture,
                 duration=duration,
                 aspect=aspect.value if aspect else None,
+                resolution=resolution,
                 fps=fps.value if fps else None,
                 seed=seed,
                 negative=negative,
                 hq=hq,
-                image=picture,
             )
             return await bot.service.submit(request, origin, dedup_key=f"discord:interaction:{interaction.id}")
 

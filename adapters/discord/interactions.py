@@ -16,9 +16,9 @@ import discord
 
 from adapters.discord import render
 from adapters.discord.origins import origin_from_interaction
+from bot import Job
 from bot.errors import LimitExceeded, VideobotError
 from bot.models import Origin
-from storage.tables import Job
 
 if TYPE_CHECKING:
     from adapters.discord.client import VideobotClient

@@ -33,11 +33,11 @@ import discord
 from adapters.discord import render
 from adapters.discord.origins import PLATFORM, SOURCE_INTERACTION
 from adapters.discord.views import delivery_view, failure_view, status_view, view_job_ids
+from bot import Job
 from bot.errors import BackendError, NotAllowed
 from bot.media import fit_to_size
 from bot.models import Clip
 from bot.notifier import DeliveryCheckpoint, ProgressUpdate, Stage, StatusMessage
-from storage.tables import Job
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from bot import Job, JobState
 from bot.grammar import HELP_TEXT
 from bot.notifier import ProgressUpdate, Stage
-from storage.tables import Job, JobState
 
 MESSAGE_LIMIT = 2000
 THREAD_NAME_LIMIT = 100
@@ -139,8 +139,9 @@ def help_text(grammar_help: str = HELP_TEXT) -> str:
     """The grammar's help (with the model's options, from ``JobService.help_text``), framed for
     Discord's two ways in: the /video form and a mention."""
     return shorten_message(
-        "Use **/video** and fill in its fields (attach an image to animate it), or mention me "
-        "with the same words and options, e.g. `@videobot a fox running --duration 8`.\n"
+        "Use **/video**: type the options below right after your prompt "
+        "(`a fox running --duration 8`) or use its fields, and attach an image to animate it. "
+        "Or mention me with the same words and options, e.g. `@videobot a fox running --duration 8`.\n"
         "Other commands: /video-status, /video-cancel, /video-usage.\n"
         f"```\n{grammar_help}\n```"
     )

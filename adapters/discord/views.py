@@ -16,9 +16,9 @@ import discord
 
 from adapters.discord import render
 from adapters.discord.interactions import answer_privately, bot_of, start_job
+from bot import Job
 from bot.models import Origin
 from bot.service import JobService
-from storage.tables import Job
 
 CUSTOM_ID = re.compile(r"videobot:(?P<action>cancel|reroll|extend|retry):(?P<job_id>[0-9]+)")
 EXTEND_SECONDS = 5

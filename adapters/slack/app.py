@@ -23,6 +23,7 @@ from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack.files import SlackFiles
@@ -36,6 +37,20 @@ from bot.settings import Settings
 log = logging.getLogger(__name__)
 
 EVENTS_PATH = "/slack/events"
+RATE_LIMIT_RETRIES = 3
+"""How many times one Web API call is repeated after a 429, each after its ``Retry-After``."""
+
+
+def web_client(token: str, base_url: str) -> AsyncWebClient:
+    """The Web API client every Slack call goes through.
+
+    A 429 (``chat.update`` past ~50/min, say) is retried by slack_sdk's own rate-limit handler
+    after the ``Retry-After`` Slack sent, so one busy minute does not fail a delivery or burn a
+    retry of the runner's generic delivery backoff.
+    """
+    client = AsyncWebClient(token=token, base_url=base_url)
+    client.retry_handlers.append(AsyncRateLimitErrorRetryHandler(max_retry_count=RATE_LIMIT_RETRIES))
+    return client
 
 
 class SlackSetupError(ConfigurationError):
@@ -56,7 +71,7 @@ class SlackAdapter:
         self._connect_timeout_s = connect_timeout_s
         self.socket_mode = bool(settings.slack_app_token)
         self._settings = settings
-        self.client = AsyncWebClient(token=settings.slack_bot_token, base_url=settings.slack_api_url)
+        self.client = web_client(settings.slack_bot_token, settings.slack_api_url)
         self.notifier = SlackNotifier(self.client)
         self.app = AsyncApp(
             client=self.client,

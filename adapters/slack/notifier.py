@@ -27,10 +27,10 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack import render
+from bot import Job
 from bot.errors import NotAllowed
 from bot.models import Clip
 from bot.notifier import DeliveryCheckpoint, ProgressUpdate, Stage, StatusMessage
-from storage.tables import Job
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass
 from math import gcd
 from typing import Any
 
+from bot import Job, JobState
 from bot.notifier import ProgressUpdate, Stage
-from storage.tables import Job, JobState
 
 CANCEL_ACTION = "videobot_cancel"
 REROLL_ACTION = "videobot_reroll"

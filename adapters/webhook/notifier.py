@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 
 import httpx
 
+from bot import Job
 from bot.models import Clip
 from bot.notifier import (
     DeliveryCheckpoint,
@@ -29,7 +30,6 @@ from bot.notifier import (
     StatusMessage,
 )
 from bot.outbound import guarded_client
-from storage.tables import Job
 
 log = logging.getLogger(__name__)
 

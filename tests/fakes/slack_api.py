@@ -65,6 +65,7 @@ class FakeSlack:
         self.messages: dict[str, list[dict[str, Any]]] = {}
         self.socket_acks: list[dict[str, Any]] = []
         self._errors: dict[tuple[str, str | None], str] = {}
+        self._rate_limited: dict[str, int] = {}
         self._sockets: list[web.WebSocketResponse] = []
         self._socket_connected = asyncio.Event()
         self._changed = asyncio.Event()
@@ -113,6 +114,11 @@ class FakeSlack:
     def fail(self, method: str, error: str, *, channel: str | None = None) -> None:
         """Answer ``method`` (for ``channel`` only, if given) with ``{"ok": false, "error": error}``."""
         self._errors[(method, channel)] = error
+
+    def rate_limit(self, method: str, times: int = 1) -> None:
+        """Answer the next ``times`` calls of ``method`` with HTTP 429 and ``Retry-After: 0``,
+        as Slack does past a method's rate limit."""
+        self._rate_limited[method] = times
 
     def add_file(self, name: str, content: bytes, mimetype: str) -> dict[str, Any]:
         """Store a file someone shared and return the file object Slack would put in a payload."""
@@ -183,6 +189,9 @@ class FakeSlack:
         expected = APP_TOKEN if method == "apps.connections.open" else BOT_TOKEN
         if token != expected:
             return _slack(ok=False, error="invalid_auth")
+        if self._rate_limited.get(method, 0) > 0:
+            self._rate_limited[method] -= 1
+            return web.json_response({"ok": False, "error": "ratelimited"}, status=429, headers={"Retry-After": "0"})
         error = self._errors.get((method, params.get("channel") or params.get("channel_id"))) or self._errors.get(
             (method, None)
         )
