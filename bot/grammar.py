@@ -95,7 +95,8 @@ def _same(name: str, typed: str, field: object) -> bool:
     """Whether a typed option and a native field ask for the same thing (``8`` and ``8s`` do)."""
     if name in ("duration", "fps", "seed"):
         try:
-            return _whole_number(name, typed) == _whole_number(name, field)  # type: ignore[arg-type]
+            most = {"duration": MAX_DURATION_S, "fps": 1000, "seed": MAX_SEED}[name]
+            return _whole_number(name, typed, maximum=most) == _whole_number(name, field, maximum=most)  # type: ignore[arg-type]
         except InvalidRequest:
             return False
     if name == "negative":

@@ -26,12 +26,10 @@ from adapters.admin._charts import StackedBars, daily_spend_chart
 from adapters.admin._media import first_frame_jpeg, inside
 from adapters.admin._sessions import Session, Sessions
 from adapters.admin._watch import Answers, ProviderWatch
-from bot.backends.http import HttpBackend
+from bot import ACTIVE_STATES, Job, JobFilter, JobReports, JobState, utcnow
 from bot.errors import VideobotError
 from bot.limits import window_start
 from bot.models import Origin
-from storage.reports import JobFilter, JobReports
-from storage.tables import ACTIVE_STATES, Job, JobState, utcnow
 
 if TYPE_CHECKING:
     from bot.app import Core
@@ -276,9 +274,9 @@ class AdminSite:
                 generator = getattr(backend, "generator", None)
                 if generator is not None and hasattr(generator, "health"):  # the GPU in this process
                     return dict(await asyncio.to_thread(generator.health))
-                if isinstance(backend, HttpBackend):  # our worker or the simulator: it has /v1/health
-                    client = backend._client
-                    return await asyncio.wait_for(client.send_json("GET", client.url("health"), retry=False), 2.0)
+                health = getattr(backend, "health", None)
+                if health is not None:  # our worker or the simulator (http backend): its /v1/health
+                    return dict(await health())
             except (TimeoutError, VideobotError, OSError, ValueError) as error:
                 return {"status": f"not answering ({type(error).__name__})"}
             return {}

@@ -15,6 +15,7 @@ Retries, ``Retry-After``, key hygiene and bounded downloads come from the shared
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 from pathlib import Path
@@ -23,9 +24,14 @@ from urllib.parse import quote
 
 import httpx
 
-from bot.backends._client import ProviderClient, clip_text, progress_fraction, response_json
-from bot.errors import BackendError
+from bot.backends._client import (
+    ProviderClient,
+    clip_text,
+    progress_fraction,
+    response_json,
+)
 from bot.catalog import own_generator
+from bot.errors import BackendError
 from bot.models import GenerationSpec, Mode, Quality, TaskState, TaskStatus
 
 __all__ = ["HttpBackend"]
@@ -203,6 +209,11 @@ class HttpBackend:
         else:
             outcome = f"HTTP {response.status_code}"
         _log.debug("cancel POST %s -> %s", url.path, outcome)
+
+    async def health(self) -> dict[str, Any]:
+        """What the server reports about itself at ``/v1/health`` (our GPU worker: its model and
+        memory; the simulator: its queue), for the admin page. Asked once, without retries."""
+        return await asyncio.wait_for(self._client.send_json("GET", self._client.url("health"), retry=False), 2.0)
 
     async def aclose(self) -> None:
         """Close the pooled connections."""
