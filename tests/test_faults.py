@@ -1,0 +1,102 @@
+"""Faults injected into a real `videobot serve`: a store that refuses writes, a second serve on
+the same database, a limits file emptied while people submit, a provider whose download trickles.
+
+Like the crash-recovery tests, the bot is a subprocess talking to a simulator process (or a
+fake provider in this process) over loopback; jobs come in through the webhook API and clips go
+to a receiver that honours Idempotency-Key, so every delivery and provider task can be counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.fakes.provider import FakeProvider, Reply
+from tests.fakes.webhook_receiver import WebhookReceiver
+from tests.test_crash_recovery import API_KEY, Bot, _provider_tasks, simulator  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.timeout(120)
+
+CHEAP = "--duration 1 --resolution 832x480"
+
+
+class Serve(Bot):
+    """A `videobot serve` whose answers the test reads in full, with its own log file."""
+
+    def __init__(self, tmp_path: Path, provider: str, *, name: str = "serve", concurrency: int = 2, **env: str) -> None:
+        super().__init__(tmp_path, provider, concurrency)
+        self.env.update(env)
+        self.log = tmp_path / f"{name}.log"
+
+    async def post_job(self, prompt: str, callback: str, user: str = "ann") -> httpx.Response:
+        async with httpx.AsyncClient() as client:
+            return await client.post(
+                f"{self.url}/v1/jobs",
+                headers={"Authorization": f"Bearer {API_KEY}"},
+                json={"prompt": prompt, "callback_url": callback, "user_id": user},
+            )
+
+    async def health(self) -> httpx.Response:
+        async with httpx.AsyncClient() as client:
+            return await client.get(f"{self.url}/healthz")
+
+    def logged(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+# --- 3. limits never fail open while the bot runs ------------------------------------------------
+
+
+async def test_limits_file_emptied_or_removed_while_a_user_submits_keeps_the_quota(
+    tmp_path: Path, simulator: str  # noqa: F811
+) -> None:
+    limits = tmp_path / "videobot.toml"
+    good = "[defaults]\nuser_daily_jobs = 2\nuser_concurrent_jobs = 0\n"
+    limits.write_text(good)
+    receiver = await WebhookReceiver(tmp_path).start()
+    bot = Serve(tmp_path, simulator)
+    try:
+        await bot.start()
+        answers = [await bot.post_job(f"a lake {CHEAP}", receiver.url) for _ in range(2)]
+        assert [a.status_code for a in answers] == [202, 202]
+
+        # an editor that truncates before it writes, and one that deletes and recreates
+        for breakage in ("empty", "missing", "empty"):
+            if breakage == "empty":
+                limits.write_text("")
+            else:
+                limits.unlink()
+            await asyncio.sleep(0.5)  # well past the store's 0.2 s look at the file
+            for _ in range(3):
+                answer = await bot.post_job(f"a pier {CHEAP}", receiver.url)
+                assert answer.status_code == 429, (breakage, answer.text)
+                assert "2 of your 2 videos" in answer.json()["error"]
+            limits.write_text(good)
+            await asyncio.sleep(0.5)
+        assert (await bot.post_job(f"a pier {CHEAP}", receiver.url)).status_code == 429
+
+        log = bot.logged()
+        assert log.count("is empty") == 2, log  # once per broken edit, not once per request
+        assert log.count("is missing") == 1, log
+    finally:
+        await bot.stop()
+        await receiver.stop()
+
+
+async def test_banner_says_the_builtin_defaults_apply_when_the_file_is_missing_at_start(
+    tmp_path: Path, simulator: str  # noqa: F811
+) -> None:
+    bot = Serve(tmp_path, simulator)
+    try:
+        await bot.start()
+        await asyncio.sleep(0.3)
+        assert "not found: built-in defaults" in " ".join(bot.logged().split())
+    finally:
+        await bot.stop()
