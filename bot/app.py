@@ -100,6 +100,7 @@ async def build_backend(
             model=model or settings.wan_model,
             name=name or "http",
             max_concurrency=concurrency,
+            download_stall_s=settings.download_stall_s,
         )
     if kind == "simulator":
         from bot.provider.server import bound_port, serve_provider
@@ -114,6 +115,7 @@ async def build_backend(
             name=name or "simulator",
             label=SIMULATOR_LABEL,
             max_concurrency=concurrency,
+            download_stall_s=settings.download_stall_s,
         )
     if kind == "diffusers":
         from bot.gpu import DiffusersBackend, LoadOptions, Offload, Preset

@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import timedelta, timezone
 from pathlib import Path
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -265,7 +265,6 @@ class Runner:
 
     async def _await_task(self, job: Job) -> Job:
         delay = self.options.first_poll_s
-        submitted = job.submitted_at or utcnow()
         backend = self._backend(job)
         while True:
             state = await backend.poll(job.task_id or "")
@@ -286,11 +285,9 @@ class Runner:
                     self.db.repo.transition, job.id or 0, JobState.RUNNING, expect=[JobState.SUBMITTED]
                 )
             await self._progress(job, Stage.GENERATING, self._overall(job, state.progress))
-            if (utcnow() - submitted).total_seconds() > self.options.job_timeout_s:
+            if self._time_left(job) <= 0:
                 await backend.cancel(job.task_id or "")
-                raise BackendError(
-                    f"The video service took longer than {int(self.options.job_timeout_s)} s; the job was stopped."
-                )
+                raise self._timed_out()
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.options.poll_interval_s)
 
@@ -298,7 +295,11 @@ class Runner:
         segment = self._segment_path(job, job.segment_index)
         if not (segment.exists() and await asyncio.to_thread(self._valid_segment, segment, job)):
             await self._progress(job, Stage.FETCHING, self._overall(job, 1.0), force=True)
-            await self._backend(job).fetch(self._finished_state(job), segment, self.options.max_download_bytes)
+            try:
+                async with asyncio.timeout(max(self._time_left(job), 0.0)):
+                    await self._backend(job).fetch(self._finished_state(job), segment, self.options.max_download_bytes)
+            except TimeoutError:
+                raise self._timed_out() from None
             self._probed[segment] = await asyncio.to_thread(self._checked, segment, job)
         if job.segment_index + 1 < job.segment_count:
             following = job.model_copy(update={"segment_index": job.segment_index + 1})
@@ -397,6 +398,18 @@ class Runner:
             await notifier.progress(job, update)
         except Exception:
             log.warning("job %s: progress update failed", job_id, exc_info=True)
+
+    def _time_left(self, job: Job) -> float:
+        """Seconds left of the job timeout, which covers a segment's generation and its download."""
+        started = job.submitted_at or utcnow()
+        if started.tzinfo is None:  # SQLite hands datetimes back naive; they are UTC
+            started = started.replace(tzinfo=timezone.utc)
+        return self.options.job_timeout_s - (utcnow() - started).total_seconds()
+
+    def _timed_out(self) -> BackendError:
+        return BackendError(
+            f"The video service took longer than {int(self.options.job_timeout_s)} s; the job was stopped."
+        )
 
     def _overall(self, job: Job, fraction: float) -> float:
         return (job.segment_index + max(0.0, min(fraction, 1.0))) / job.segment_count

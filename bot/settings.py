@@ -55,6 +55,8 @@ class Settings:
     progress_interval_s: float = 3.0
     job_timeout_s: float = 1800.0
     max_download_bytes: int = 200 * 1024 * 1024
+    # a clip download that brings under 64 KiB in this many seconds is cut as stalled
+    download_stall_s: float = 30.0
     media_retention_days: int = 7
     # operations: /healthz and /metrics; 0 turns the endpoint off
     http_port: int = 8080
@@ -134,6 +136,7 @@ class Settings:
             progress_interval_s=_float("VIDEOBOT_PROGRESS_INTERVAL", 3.0),
             job_timeout_s=_float("VIDEOBOT_JOB_TIMEOUT", 1800.0),
             max_download_bytes=_int("VIDEOBOT_MAX_DOWNLOAD_BYTES", 200 * 1024 * 1024),
+            download_stall_s=_float("VIDEOBOT_DOWNLOAD_STALL_TIMEOUT", 30.0),
             media_retention_days=_int("VIDEOBOT_MEDIA_RETENTION_DAYS", 7),
             http_port=_int("VIDEOBOT_HTTP_PORT", 8080),
             http_host=_str("VIDEOBOT_HTTP_HOST", "0.0.0.0"),

@@ -100,3 +100,37 @@ async def test_banner_says_the_builtin_defaults_apply_when_the_file_is_missing_a
         assert "not found: built-in defaults" in " ".join(bot.logged().split())
     finally:
         await bot.stop()
+
+
+# --- 7. a download that trickles does not keep a job fetching forever ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "reason"),
+    [
+        ({"VIDEOBOT_DOWNLOAD_STALL_TIMEOUT": "1.5"}, "download stalled"),
+        ({"VIDEOBOT_DOWNLOAD_STALL_TIMEOUT": "60", "VIDEOBOT_JOB_TIMEOUT": "3"}, "took longer than 3 s"),
+    ],
+    ids=["stall-timeout", "job-timeout"],
+)
+async def test_a_trickling_download_fails_the_job_and_tells_the_person(
+    tmp_path: Path, env: dict[str, str], reason: str
+) -> None:
+    receiver = await WebhookReceiver(tmp_path).start()
+    async with FakeProvider() as provider:
+        url = provider.serve_video(100_000, trickle_s=0.3)  # a byte every 0.3 s: 8 hours for the clip
+        provider.queue("poll", Reply(json={"status": "succeeded", "progress": 1, "output": {"video_url": url}}))
+        bot = Serve(tmp_path, provider.base_url, **env)
+        try:
+            await bot.start()
+            answer = await bot.post_job(f"a lake {CHEAP}", receiver.url)
+            assert answer.status_code == 202, answer.text
+            job_id = answer.json()["job_id"]
+            await bot.wait_state(job_id, "fetching", timeout=10)
+            failed = await receiver.wait_for(job_id, "failed", timeout=20)
+            assert reason in failed["message"]
+            await bot.wait_state(job_id, "failed", timeout=5)
+            assert len(provider.requests_to("video")) == 1
+        finally:
+            await bot.stop()
+            await receiver.stop()
