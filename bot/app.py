@@ -281,9 +281,14 @@ class Core:
         return int(runner.addresses[0][1])
 
     async def health(self) -> dict[str, Any]:
+        """What /healthz shows; ``status`` is "ok" only while the database takes a write."""
+        refused = await self.service.db.probe()
         counts = await self._state_counts()
+        status = {"status": "ok"} if refused is None else {
+            "status": "unavailable", "reason": f"the database refuses writes: {refused}"
+        }
         return {
-            "status": "ok",
+            **status,
             "backend": self.backend.name,
             "backend_label": self.backend.label,
             "backends": {name: g.backend.label for name, g in self.service.generators.items()},

@@ -3,7 +3,9 @@
 Each job is driven by one asyncio task through ``queued → submitted → running → fetching →
 delivering → succeeded``; every step is idempotent given the stored state, so a restart
 simply drives each unfinished job again from where its row says it is, on the backend its row
-names. A stored task id is polled, never resubmitted. Dispatch is fair within each backend's
+names. A stored task id is polled, never resubmitted. Every write the runner makes goes through
+``Database.persist``: while the store refuses writes a job waits at its next transition and
+goes on once writes land, instead of dying half-moved. Dispatch is fair within each backend's
 concurrency: among queued jobs it starts the oldest job of the user with the fewest jobs in
 flight, so one person's ten jobs don't starve another's one.
 """
@@ -60,7 +62,7 @@ class _Checkpoint:
         self.pending_ref = job.delivery_pending_ref
 
     async def save(self, ref: str) -> None:
-        await self._db.run(self._db.repo.update, self._job_id, delivery_pending_ref=ref)
+        await self._db.persist(self._db.repo.update, self._job_id, delivery_pending_ref=ref)
         self.pending_ref = ref
 
 
@@ -250,7 +252,7 @@ class Runner:
         spec = await self._spec(job)
         task_id = await self._backend(job).submit(spec)
         log.info("job %s: segment %s/%s submitted as task %s", job.id, job.segment_index + 1, job.segment_count, task_id)
-        job = await self.db.run(
+        job = await self.db.persist(
             self.db.repo.transition,
             job.id or 0,
             JobState.SUBMITTED,
@@ -270,7 +272,7 @@ class Runner:
             state = await backend.poll(job.task_id or "")
             if state.status is TaskStatus.SUCCEEDED:
                 where = state.video_url or (f"file://{state.video_path}" if state.video_path else None)
-                return await self.db.run(
+                return await self.db.persist(
                     self.db.repo.transition,
                     job.id or 0,
                     JobState.FETCHING,
@@ -281,7 +283,7 @@ class Runner:
             if state.status is TaskStatus.FAILED:
                 raise BackendError(f"The video service could not make this video: {state.error or 'no reason given'}.")
             if state.status is TaskStatus.RUNNING and job.job_state is JobState.SUBMITTED:
-                job = await self.db.run(
+                job = await self.db.persist(
                     self.db.repo.transition, job.id or 0, JobState.RUNNING, expect=[JobState.SUBMITTED]
                 )
             await self._progress(job, Stage.GENERATING, self._overall(job, state.progress))
@@ -312,7 +314,7 @@ class Runner:
             info = self._probed.get(output) or await asyncio.to_thread(probe, output)
             self._probed[output] = info
             shape = {"width": info.width, "height": info.height, "fps": round(info.fps)}
-        return await self.db.run(
+        return await self.db.persist(
             self.db.repo.transition,
             job.id or 0,
             JobState.DELIVERING,
@@ -344,14 +346,14 @@ class Runner:
                     raise BackendError(f"The video was made but could not be posted: {error}") from error
                 log.warning("job %s: delivery attempt %s failed: %s", job.id, attempt, error)
                 await asyncio.sleep(self.options.delivery_backoff_s * 2 ** (attempt - 1))
-        return await self.db.run(
+        return await self.db.persist(
             self.db.repo.transition, job.id or 0, JobState.SUCCEEDED, expect=[JobState.DELIVERING], delivered_ref=ref
         )
 
     async def _fail(self, job_id: int, message: str) -> None:
         """Mark the job failed (not counted against quotas) and tell the person why."""
         try:
-            job = await self.db.run(
+            job = await self.db.persist(
                 self.db.repo.transition,
                 job_id,
                 JobState.FAILED,
@@ -495,7 +497,7 @@ class Runner:
         jobs = await self.db.run(self.db.repo.finished_with_media, cutoff)
         for job in jobs:
             await asyncio.to_thread(shutil.rmtree, self._job_dir(job), True)
-            await self.db.run(self.db.repo.update, job.id or 0, output_path=None)
+            await self.db.persist(self.db.repo.update, job.id or 0, output_path=None)
         images = await asyncio.to_thread(_remove_older_than, self.service.media_dir / "images", cutoff.timestamp())
         if jobs or images:
             log.info("removed media of %s finished jobs and %s images", len(jobs), images)

@@ -51,6 +51,73 @@ class Serve(Bot):
         return self.log.read_text(errors="replace")
 
 
+# --- 1. a store that refuses writes for a while strands nothing -------------------------------
+
+
+def _immutable_works(folder: Path) -> bool:
+    """``chattr +i`` stops even root from writing a file (chmod does not); ext4 and xfs have it."""
+    if os.geteuid() != 0 or shutil.which("chattr") is None:
+        return False
+    probe = folder / "chattr-probe"
+    probe.write_text("x")
+    try:
+        done = subprocess.run(["chattr", "+i", str(probe)], capture_output=True).returncode == 0
+        if done:
+            subprocess.run(["chattr", "-i", str(probe)], check=True)
+        return done
+    finally:
+        probe.unlink()
+
+
+def _set_immutable(files: list[Path], on: bool) -> None:
+    # Not the -shm file: SQLite maps it into memory, and a write to an immutable mapping is SIGBUS.
+    for path in files:
+        if path.exists():
+            subprocess.run(["chattr", "+i" if on else "-i", str(path)], check=True)
+
+
+async def test_read_only_database_for_a_few_seconds_then_the_job_goes_on_and_is_delivered_once(
+    tmp_path: Path, simulator: str  # noqa: F811
+) -> None:
+    if not _immutable_works(tmp_path):
+        pytest.skip("needs root and chattr +i on the test's filesystem to make the database read-only")
+    receiver = await WebhookReceiver(tmp_path).start()
+    bot = Serve(tmp_path, simulator, concurrency=1)
+    database = tmp_path / "data" / "videobot.db"
+    store = [database, database.with_name("videobot.db-wal")]
+    try:
+        await bot.start()
+        answer = await bot.post_job(f"[sim:slow=2] a lake {CHEAP}", receiver.url)
+        job_id = answer.json()["job_id"]
+        await bot.wait_state(job_id, "running")
+
+        _set_immutable(store, True)
+        health = await bot.health()
+        assert health.status_code == 503, health.text
+        assert "the database refuses writes" in health.json()["reason"]
+        refused = await bot.post_job(f"a pier {CHEAP}", receiver.url, user="bo")
+        assert refused.status_code == 503, refused.text
+        assert "temporarily unavailable" in refused.json()["error"]
+        assert "Nothing was charged" in refused.json()["error"]
+        await asyncio.sleep(4)  # the task finishes meanwhile: its move to "fetching" cannot be written
+        assert await bot.state(job_id) == "running"
+        assert "refuses writes" in bot.logged()
+
+        _set_immutable(store, False)
+        await receiver.wait_for(job_id, "delivered", timeout=30)
+        await bot.wait_state(job_id, "succeeded")
+        assert (await bot.health()).status_code == 200
+        assert len([d for d in receiver.deliveries.values() if d.job_id == job_id]) == 1
+        assert not [e for e in receiver.for_job(job_id) if e["event"] == "failed"]
+        assert len(await _provider_tasks(simulator)) == 1  # resumed by polling, never resubmitted
+        again = await bot.post_job(f"a pier {CHEAP}", receiver.url, user="bo")
+        assert again.json()["job_id"] == job_id + 1  # the refused submit stored nothing
+    finally:
+        _set_immutable(store, False)
+        await bot.stop()
+        await receiver.stop()
+
+
 # --- 3. limits never fail open while the bot runs ------------------------------------------------
 
 

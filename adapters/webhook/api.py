@@ -3,7 +3,8 @@
 Requests carry ``Authorization: Bearer $VIDEOBOT_API_KEY``. A body is JSON:
 ``{"prompt": "a fox --duration 8", "callback_url": "https://…", "user_id": "…",
 "workspace_id": "…", "image": "data:image/png;base64,…"}``; errors answer with the same
-user-facing messages as chat (400 invalid, 403 not allowed, 429 over a limit).
+user-facing messages as chat (400 invalid, 403 not allowed, 429 over a limit, 503 when the
+bot cannot store jobs for now, with nothing charged).
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ from typing import Any
 
 from aiohttp import web
 
-from bot.errors import InvalidRequest, JobNotFound, LimitExceeded, NotAllowed, VideobotError
+from bot.errors import InvalidRequest, JobNotFound, LimitExceeded, NotAllowed, StoreUnavailable, VideobotError
 from bot.grammar import parse_request
 from bot.images import load_image
 from bot.models import ImageInput, Origin
 from bot.service import JobService
 
-_STATUS = {InvalidRequest: 400, NotAllowed: 403, JobNotFound: 404, LimitExceeded: 429}
+_STATUS = {InvalidRequest: 400, NotAllowed: 403, JobNotFound: 404, LimitExceeded: 429, StoreUnavailable: 503}
 
 
 def job_routes(service: JobService, api_key: str) -> list[web.RouteDef]:
