@@ -6,6 +6,7 @@ Everything is wired here and nowhere else. ``Core`` is what ``videobot serve`` a
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ from aiohttp import web
 from bot.backends.base import Backend
 from bot.database import Database
 from bot.errors import ConfigurationError
+from bot.lease import EngineLease
 from bot.limits import LimitsConfig, LimitsStore
 from bot.metrics import build_ops_app
 from bot.runner import Runner, RunnerOptions
@@ -224,7 +226,10 @@ class Core:
         self.settings = settings
         self.service = service
         self.runner = runner
+        self.lease = EngineLease(service.db, settings.lease_ttl_s)
+        """Held by `videobot serve` (``drive``); other cores (the CLI's one job, tests) go without."""
         self._embedded = embedded
+        self._keeper: asyncio.Task[None] | None = None
 
     @property
     def backend(self) -> Backend:
@@ -271,6 +276,15 @@ class Core:
         if ops_port is not None:
             await self.serve_ops(ops_host, ops_port)
 
+    async def drive(self) -> None:
+        """Start the runner under the engine lease, which must be held (``lease.acquire``): the
+        runner asks the lease before each step, and a lost lease stops it until it is back."""
+        if not await self.lease.renew():  # starting the adapters may have taken a while
+            raise self.lease.refusal()
+        self.runner.may_drive = self.lease.fresh
+        await self.runner.start()
+        self._keeper = asyncio.create_task(self.lease.keep(self.runner), name="videobot-lease")
+
     async def serve_ops(self, host: str, port: int, extra_routes: Sequence[web.RouteDef] = ()) -> int:
         app = build_ops_app(self.runner.metrics, self.health, self._state_counts)
         app.add_routes(list(extra_routes))
@@ -284,9 +298,11 @@ class Core:
         """What /healthz shows; ``status`` is "ok" only while the database takes a write."""
         refused = await self.service.db.probe()
         counts = await self._state_counts()
-        status = {"status": "ok"} if refused is None else {
-            "status": "unavailable", "reason": f"the database refuses writes: {refused}"
-        }
+        status = {"status": "ok"}
+        if refused is not None:
+            status = {"status": "unavailable", "reason": f"the database refuses writes: {refused}"}
+        elif self._keeper is not None and not self.lease.fresh():
+            status = {"status": "standby", "reason": "this process does not hold the engine lease now"}
         return {
             **status,
             "backend": self.backend.name,
@@ -301,7 +317,11 @@ class Core:
         return await self.service.db.run(self.service.db.repo.count_by_state)
 
     async def stop(self) -> None:
+        if self._keeper is not None:
+            self._keeper.cancel()
+            await asyncio.gather(self._keeper, return_exceptions=True)
         await self.runner.stop()
+        await self.lease.release()
         for generator in self.service.generators.values():
             await generator.backend.aclose()
         await self._embedded.close()

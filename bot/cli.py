@@ -58,42 +58,60 @@ def _announce(core: Core) -> None:
 
 
 @app.command()
-def serve() -> None:
+def serve(
+    standby: Annotated[
+        bool, typer.Option("--standby", help="If another serve drives this database, wait and take over when it stops.")
+    ] = False,
+) -> None:
     """Run the enabled chat adapters and the job runner until stopped."""
     settings = _settings()
     try:
-        asyncio.run(_serve(settings))
+        asyncio.run(_serve(settings, standby=standby))
     except (VideobotError, LimitsError) as error:
         raise _fail(str(error), 1) from None
 
 
-async def _serve(settings: Settings) -> None:
+async def _serve(settings: Settings, *, standby: bool = False) -> None:
     core = await Core.create(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        if not await core.lease.acquire():
+            if not standby:
+                raise core.lease.refusal()
+            holder = core.lease.other.detail if core.lease.other else "another process"
+            console.print(f"Standby: {holder} drives this database; taking over when its lease lapses.")
+            if not await core.lease.wait(stop):
+                return
+            console.print("Took over the engine lease; resuming unfinished jobs.")
+        await _run(settings, core, stop)
+    finally:
+        await core.stop()
+
+
+async def _run(settings: Settings, core: Core, stop: asyncio.Event) -> None:
     adapters = enabled_adapters(settings, core.service)
     for adapter in adapters:
         await adapter.start()
     routes = [route for adapter in adapters for route in getattr(adapter, "routes", [])]
     freeze_startup_heap()
-    await core.runner.start()
+    await core.drive()
     if settings.http_port:
         port = await core.serve_ops(settings.http_host, settings.http_port, routes)
         console.print(f"Health: http://localhost:{port}/healthz  Metrics: http://localhost:{port}/metrics")
     _announce(core)
     names = ", ".join(a.name for a in adapters) or "none (set SLACK_BOT_TOKEN or DISCORD_TOKEN)"
     console.print(f"Chat platforms: {names}. Database: {settings.database.split('///')[-1]}")
-    limits = settings.limits_path
-    console.print(f"Limits: {limits}" + ("" if limits.exists() else " (not found: built-in defaults; see videobot.example.toml)"))
+    defaults = " (not found: built-in defaults; see videobot.example.toml)" if core.service.limits.from_defaults else ""
+    console.print(f"Limits: {settings.limits_path}{defaults}")
     if not adapters:
         console.print('Try a clip from another terminal: videobot generate "a red fox in fresh snow" --output fox.mp4')
     console.print("videobot is running; Ctrl-C stops it.")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     for adapter in adapters:
         await adapter.stop()
-    await core.stop()
 
 
 # -- generate -----------------------------------------------------------------------------

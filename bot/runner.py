@@ -17,7 +17,7 @@ import logging
 import shutil
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta, timezone
 from pathlib import Path
@@ -39,6 +39,11 @@ from storage.tables import Job, JobState, utcnow
 log = logging.getLogger(__name__)
 
 DELIVERY_ATTEMPTS = 4
+
+
+class LeaseLapsed(Exception):
+    """This process may no longer drive jobs (its engine lease lapsed); each row stays as it is
+    for whichever process holds the lease now."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,8 @@ class Runner:
         self._served: dict[str, int] = {}
         self._probed: dict[Path, ClipInfo] = {}
         self._turn = 0
+        self.may_drive: Callable[[], bool] = lambda: True
+        """Asked before each step, provider submit and delivery (the engine lease's ``fresh``)."""
         service.attach_dispatcher(self)
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -110,8 +117,8 @@ class Runner:
             if self._wanted(job):
                 log.info("job %s: resuming from %s", job.id, job.state)
                 self._spawn(job)
-        self._scheduler.add_job(self.wake, "interval", seconds=self.options.tick_s, id="dispatch")
-        self._scheduler.add_job(self.clean_media, "interval", hours=1, id="clean-media")
+        self._scheduler.add_job(self.wake, "interval", seconds=self.options.tick_s, id="dispatch", replace_existing=True)
+        self._scheduler.add_job(self.clean_media, "interval", hours=1, id="clean-media", replace_existing=True)
         self._scheduler.start()
         self._loop_task = asyncio.create_task(self._dispatch_loop(), name="videobot-dispatch")
         self.wake()
@@ -165,6 +172,8 @@ class Runner:
                 log.exception("dispatch failed; retrying on the next tick")
 
     async def _fill(self) -> None:
+        if not self.may_drive():
+            return
         busy = Counter(self._running_on.values())
         free = {name: b.max_concurrency - busy[name] for name, b in self.backends.items()}
         if all(n <= 0 for n in free.values()):
@@ -212,6 +221,8 @@ class Runner:
             self.metrics.jobs_finished.labels(state=job.state).inc()
         except StaleTransition:
             log.info("job %s: changed elsewhere (canceled?); stopping", job_id)
+        except LeaseLapsed:
+            log.warning("job %s: left %s; this process no longer holds the engine lease", job_id, job.state)
         except asyncio.CancelledError:
             log.info("job %s: stopped", job_id)
         except BackendError as error:
@@ -223,7 +234,12 @@ class Runner:
         finally:
             self._finished(job_id)
 
+    def _fence(self) -> None:
+        if not self.may_drive():
+            raise LeaseLapsed
+
     async def _step(self, job: Job) -> Job:
+        self._fence()
         state = job.job_state
         if state is JobState.QUEUED:
             return await self._submit(job, JobState.QUEUED)
@@ -250,6 +266,7 @@ class Runner:
     async def _submit(self, job: Job, current: JobState) -> Job:
         """Start the task for ``job.segment_index``; the task id and segment are stored in one write."""
         spec = await self._spec(job)
+        self._fence()
         task_id = await self._backend(job).submit(spec)
         log.info("job %s: segment %s/%s submitted as task %s", job.id, job.segment_index + 1, job.segment_count, task_id)
         job = await self.db.persist(
@@ -269,6 +286,7 @@ class Runner:
         delay = self.options.first_poll_s
         backend = self._backend(job)
         while True:
+            self._fence()
             state = await backend.poll(job.task_id or "")
             if state.status is TaskStatus.SUCCEEDED:
                 where = state.video_url or (f"file://{state.video_path}" if state.video_path else None)
@@ -337,9 +355,10 @@ class Runner:
         checkpoint = _Checkpoint(self.db, job)
         for attempt in range(1, DELIVERY_ATTEMPTS + 1):
             try:
+                self._fence()
                 ref = await notifier.deliver(job, clip, checkpoint)
                 break
-            except (BackendError, asyncio.CancelledError):
+            except (BackendError, LeaseLapsed, asyncio.CancelledError):
                 raise
             except Exception as error:
                 if attempt == DELIVERY_ATTEMPTS:
@@ -352,6 +371,8 @@ class Runner:
 
     async def _fail(self, job_id: int, message: str) -> None:
         """Mark the job failed (not counted against quotas) and tell the person why."""
+        if not self.may_drive():  # the lease holder decides what became of it
+            return
         try:
             job = await self.db.persist(
                 self.db.repo.transition,

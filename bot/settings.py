@@ -58,6 +58,8 @@ class Settings:
     # a clip download that brings under 64 KiB in this many seconds is cut as stalled
     download_stall_s: float = 30.0
     media_retention_days: int = 7
+    # the engine lease: one serve drives a database; a standby takes over this long after a crash
+    lease_ttl_s: float = 30.0
     # operations: /healthz and /metrics; 0 turns the endpoint off
     http_port: int = 8080
     http_host: str = "0.0.0.0"
@@ -138,6 +140,7 @@ class Settings:
             max_download_bytes=_int("VIDEOBOT_MAX_DOWNLOAD_BYTES", 200 * 1024 * 1024),
             download_stall_s=_float("VIDEOBOT_DOWNLOAD_STALL_TIMEOUT", 30.0),
             media_retention_days=_int("VIDEOBOT_MEDIA_RETENTION_DAYS", 7),
+            lease_ttl_s=_float("VIDEOBOT_LEASE_TTL", 30.0),
             http_port=_int("VIDEOBOT_HTTP_PORT", 8080),
             http_host=_str("VIDEOBOT_HTTP_HOST", "0.0.0.0"),
             api_key=_str("VIDEOBOT_API_KEY"),

@@ -214,22 +214,26 @@ class JobRepository:
 
     # -- leases and the write probe -----------------------------------------------------------
 
-    def acquire_lease(self, name: str, holder: str, detail: str, ttl_s: float) -> Lease:
-        """Take the lease ``name`` for ``holder`` if it is free, lapsed or already theirs; one commit.
+    def acquire_lease(
+        self, claim: Lease, ttl_s: float, *, gone: Callable[[Lease], bool] = lambda lease: False
+    ) -> Lease:
+        """Take the lease ``claim`` names for its holder if it is free, lapsed, already theirs, or
+        its holder is ``gone`` (a crashed process); one commit.
 
-        Returns the lease as it stands afterwards: the caller holds it when ``holder`` matches,
-        otherwise the row names who does and until when.
+        Returns the lease as it stands afterwards: the caller holds it when the holder matches
+        ``claim.holder``, otherwise the row names who does and until when.
         """
         now = utcnow()
         with self._session() as session, session.begin():
-            lease = session.get(Lease, name, with_for_update=True)
-            if lease is not None and lease.holder != holder and _aware(lease.expires_at) > now:
+            lease = session.get(Lease, claim.name, with_for_update=True)
+            if lease is not None and lease.holder != claim.holder and _aware(lease.expires_at) > now and not gone(lease):
                 return lease
             if lease is None:
-                lease = Lease(name=name, holder=holder, detail=detail, acquired_at=now)
+                lease = Lease(name=claim.name, holder=claim.holder)
                 session.add(lease)
-            elif lease.holder != holder:
-                lease.holder, lease.detail, lease.acquired_at = holder, detail, now
+            if lease.holder != claim.holder or lease.acquired_at is None:
+                lease.acquired_at = now
+            lease.holder, lease.host, lease.pid, lease.detail = claim.holder, claim.host, claim.pid, claim.detail
             lease.renewed_at, lease.expires_at = now, now + timedelta(seconds=ttl_s)
             session.flush()
             return lease
@@ -244,6 +248,10 @@ class JobRepository:
                 .values(renewed_at=now, expires_at=now + timedelta(seconds=ttl_s))
             )
             return bool(renewed.rowcount)
+
+    def get_lease(self, name: str) -> Lease | None:
+        with self._session() as session:
+            return session.get(Lease, name)
 
     def release_lease(self, name: str, holder: str) -> None:
         """Give the lease up at once (a clean stop), so a standby need not wait for it to lapse."""

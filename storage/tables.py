@@ -130,7 +130,7 @@ class JobEvent(SQLModel, table=True):
 
 
 class Lease(SQLModel, table=True):
-    """A named lease in the database: which process holds it, and until when.
+    """A named lease in the database: which process holds it (host, pid), and until when.
 
     ``engine`` says which `videobot serve` drives the jobs; the holder renews it while alive and
     another may take it only once ``expires_at`` has passed. ``write-probe`` is a row the health
@@ -141,6 +141,8 @@ class Lease(SQLModel, table=True):
 
     name: str = Field(primary_key=True)
     holder: str
+    host: str = ""
+    pid: int = 0
     detail: str = ""
     acquired_at: datetime = Field(default_factory=utcnow)
     renewed_at: datetime = Field(default_factory=utcnow)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -61,7 +62,7 @@ def _immutable_works(folder: Path) -> bool:
     probe = folder / "chattr-probe"
     probe.write_text("x")
     try:
-        done = subprocess.run(["chattr", "+i", str(probe)], capture_output=True).returncode == 0
+        done = subprocess.run(["chattr", "+i", str(probe)], check=False, capture_output=True).returncode == 0
         if done:
             subprocess.run(["chattr", "-i", str(probe)], check=True)
         return done
@@ -201,3 +202,121 @@ async def test_a_trickling_download_fails_the_job_and_tells_the_person(
         finally:
             await bot.stop()
             await receiver.stop()
+
+
+# --- 2. one serve drives a database; a second refuses, or stands by ------------------------------
+
+
+async def test_a_second_serve_on_the_same_database_refuses_to_start_and_names_the_holder(
+    tmp_path: Path, simulator: str  # noqa: F811
+) -> None:
+    first = Serve(tmp_path, simulator, name="first")
+    second = Serve(tmp_path, simulator, name="second")
+    try:
+        await first.start()
+        with second.log.open("wb") as log:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "bot", "serve", stdout=log, stderr=log, env=second.env
+            )
+            assert await asyncio.wait_for(process.wait(), 30) == 1
+        said = " ".join(second.logged().split())
+        assert "Another videobot serve drives this database" in said, said
+        assert f"pid {first.process.pid}" in said
+        assert "--standby" in said
+        assert (await first.health()).status_code == 200
+    finally:
+        await first.stop()
+
+
+async def _start_standby(serve: Serve) -> None:
+    with serve.log.open("ab") as log:
+        serve.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", "serve", "--standby", stdout=log, stderr=log, env=serve.env
+        )
+    for _ in range(600):
+        if "Standby:" in serve.logged():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no standby:\n{serve.logged()}")
+
+
+async def _wait_until_healthy(serve: Serve, timeout: float = 30) -> None:
+    for _ in range(int(timeout / 0.1)):
+        try:
+            if (await serve.health()).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"never healthy:\n{serve.logged()[-3000:]}")
+
+
+@pytest.mark.parametrize("fault", ["kill-9", "paused"])
+async def test_a_standby_takes_over_the_jobs_and_no_job_is_driven_twice(
+    tmp_path: Path, simulator: str, fault: str  # noqa: F811
+) -> None:
+    receiver = await WebhookReceiver(tmp_path).start()
+    first = Serve(tmp_path, simulator, name="first", VIDEOBOT_LEASE_TTL="3")
+    second = Serve(tmp_path, simulator, name="second", VIDEOBOT_LEASE_TTL="3")
+    try:
+        await first.start()
+        await _start_standby(second)
+        ids = []
+        for n in range(3):
+            answer = await first.post_job(f"[sim:slow=4] a lake {CHEAP}", receiver.url, user=f"u{n}")
+            ids.append(answer.json()["job_id"])
+        await first.wait_state(ids[0], "running")
+        await asyncio.sleep(3)  # a standby that drove anything now would double the provider's tasks
+        assert len(await _provider_tasks(simulator)) == 2  # concurrency 2: the third still queued
+        assert "resuming" not in second.logged()
+
+        if fault == "kill-9":
+            first.kill()
+            await first.process.wait()
+        else:
+            first.process.send_signal(signal.SIGSTOP)  # a holder that stalls past its lease
+        await _wait_until_healthy(second)
+        if fault == "paused":
+            await asyncio.sleep(0.5)
+            first.process.send_signal(signal.SIGCONT)  # it wakes up sure it still drives the jobs
+        for job_id in ids:
+            await receiver.wait_for(job_id, "delivered", timeout=60)
+            await second.wait_state(job_id, "succeeded")
+        await asyncio.sleep(1)
+        for job_id in ids:
+            delivered = [d for d in receiver.deliveries.values() if d.job_id == job_id]
+            assert len(delivered) == 1, f"job {job_id} delivered {len(delivered)} times"
+        assert len(await _provider_tasks(simulator)) == len(ids), "a job was submitted to the provider twice"
+        assert "Took over the engine lease" in second.logged()
+        if fault == "paused":
+            assert "Lost the engine lease" in first.logged()
+            assert (await first.health()).json()["status"] == "standby"
+    finally:
+        if first.process is not None and first.process.returncode is None:
+            first.process.send_signal(signal.SIGCONT)
+        await first.stop()
+        await second.stop()
+        await receiver.stop()
+
+
+async def test_a_runner_whose_lease_lapsed_submits_and_delivers_nothing(make_core, receiver) -> None:
+    from bot.grammar import parse_request
+    from tests.conftest import webhook_origin
+
+    core = await make_core("[defaults]\nresolutions = [\"832x480\"]\n", start=False)
+    assert await core.lease.acquire()
+    await core.drive()
+    lapsed = [False]
+    core.runner.may_drive = lambda: core.lease.fresh() and not lapsed[0]
+    job = await core.service.submit(parse_request("[sim:slow=1] a lake --duration 1 --resolution 832x480"),
+                                    webhook_origin(receiver))
+    while (await core.service.status(job.id)).state != "running":
+        await asyncio.sleep(0.02)
+    lapsed[0] = True  # as if the process had stalled past its lease
+    second = await core.service.submit(parse_request("a pier --duration 1 --resolution 832x480"),
+                                       webhook_origin(receiver, user="bo"))
+    await asyncio.sleep(2.5)
+    assert (await core.service.status(job.id)).state == "running"  # left for the holder, not failed
+    assert (await core.service.status(second.id)).state == "queued"  # never submitted
+    assert not [e for e in receiver.events if e["event"] in ("delivered", "failed")]
+    assert core.runner.active_count == 0

@@ -20,6 +20,8 @@ def upgrade() -> None:
         "leases",
         sa.Column("name", sa.String(), nullable=False),
         sa.Column("holder", sa.String(), nullable=False),
+        sa.Column("host", sa.String(), nullable=False, server_default=""),
+        sa.Column("pid", sa.Integer(), nullable=False, server_default="0"),
         sa.Column("detail", sa.String(), nullable=False, server_default=""),
         sa.Column("acquired_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("renewed_at", sa.DateTime(timezone=True), nullable=False),
