@@ -1,6 +1,11 @@
 """Faults injected into a real `videobot serve`: a store that refuses writes, a second serve on
 the same database, a limits file emptied while people submit, a provider whose download trickles.
 
+The store is made to refuse writes two real ways, since chmod does not stop root: ``chattr +i``
+on the database file and its WAL (reads still work, writes fail with a disk I/O error), and the
+database on a small tmpfs filled to the last byte ("database or disk is full"). Both need root;
+without it those cases are skipped.
+
 Like the crash-recovery tests, the bot is a subprocess talking to a simulator process (or a
 fake provider in this process) over loopback; jobs come in through the webhook API and clips go
 to a receiver that honours Idempotency-Key, so every delivery and provider task can be counted.
@@ -55,44 +60,89 @@ class Serve(Bot):
 # --- 1. a store that refuses writes for a while strands nothing -------------------------------
 
 
-def _immutable_works(folder: Path) -> bool:
-    """``chattr +i`` stops even root from writing a file (chmod does not); ext4 and xfs have it."""
-    if os.geteuid() != 0 or shutil.which("chattr") is None:
-        return False
-    probe = folder / "chattr-probe"
-    probe.write_text("x")
-    try:
-        done = subprocess.run(["chattr", "+i", str(probe)], check=False, capture_output=True).returncode == 0
-        if done:
-            subprocess.run(["chattr", "-i", str(probe)], check=True)
-        return done
-    finally:
-        probe.unlink()
+class ReadOnly:
+    """``chattr +i`` on the database and its WAL: even root cannot write them (chmod would not
+    stop root). Not the -shm file: SQLite maps it into memory, and a write to an immutable
+    mapping is SIGBUS."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        database = tmp_path / "data" / "videobot.db"
+        self.files = [database, database.with_name("videobot.db-wal")]
+        self.env: dict[str, str] = {}
+        self.usable = os.geteuid() == 0 and shutil.which("chattr") is not None and self._try(tmp_path)
+
+    @staticmethod
+    def _try(folder: Path) -> bool:
+        probe = folder / "chattr-probe"
+        probe.write_text("x")
+        try:
+            done = subprocess.run(["chattr", "+i", str(probe)], check=False, capture_output=True).returncode == 0
+            if done:
+                subprocess.run(["chattr", "-i", str(probe)], check=True)
+            return done
+        finally:
+            probe.unlink()
+
+    def refuse(self) -> None:
+        for path in self.files:
+            subprocess.run(["chattr", "+i", str(path)], check=True)
+
+    def allow(self) -> None:
+        for path in self.files:
+            if path.exists():
+                subprocess.run(["chattr", "-i", str(path)], check=True)
+
+    def close(self) -> None:
+        self.allow()
 
 
-def _set_immutable(files: list[Path], on: bool) -> None:
-    # Not the -shm file: SQLite maps it into memory, and a write to an immutable mapping is SIGBUS.
-    for path in files:
-        if path.exists():
-            subprocess.run(["chattr", "+i" if on else "-i", str(path)], check=True)
+class DiskFull:
+    """The database on a 16 MiB tmpfs of its own, filled up by a filler file and then freed."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.mount = tmp_path / "db"
+        self.mount.mkdir()
+        self.filler = self.mount / "filler"
+        self.env = {"DATABASE_URL": f"sqlite:///{self.mount / 'videobot.db'}"}
+        self.usable = os.geteuid() == 0 and subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(self.mount)], check=False, capture_output=True
+        ).returncode == 0
+
+    def refuse(self) -> None:
+        fd = os.open(self.filler, os.O_WRONLY | os.O_CREAT)
+        try:
+            while True:
+                os.write(fd, bytes(64 * 1024))
+        except OSError:  # ENOSPC: the disk is full
+            pass
+        finally:
+            os.close(fd)
+
+    def allow(self) -> None:
+        self.filler.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self.usable:
+            subprocess.run(["umount", "-l", str(self.mount)], check=False)
 
 
-async def test_read_only_database_for_a_few_seconds_then_the_job_goes_on_and_is_delivered_once(
-    tmp_path: Path, simulator: str  # noqa: F811
+@pytest.mark.parametrize("fault", [ReadOnly, DiskFull], ids=["read-only", "disk-full"])
+async def test_a_database_refusing_writes_for_a_few_seconds_strands_no_job(
+    tmp_path: Path, simulator: str, fault: type[ReadOnly | DiskFull]  # noqa: F811
 ) -> None:
-    if not _immutable_works(tmp_path):
-        pytest.skip("needs root and chattr +i on the test's filesystem to make the database read-only")
+    store = fault(tmp_path)
+    if not store.usable:
+        store.close()
+        pytest.skip(f"{fault.__name__} needs root (chattr +i on this filesystem, or mount -t tmpfs)")
     receiver = await WebhookReceiver(tmp_path).start()
-    bot = Serve(tmp_path, simulator, concurrency=1)
-    database = tmp_path / "data" / "videobot.db"
-    store = [database, database.with_name("videobot.db-wal")]
+    bot = Serve(tmp_path, simulator, concurrency=1, **store.env)
     try:
         await bot.start()
         answer = await bot.post_job(f"[sim:slow=2] a lake {CHEAP}", receiver.url)
         job_id = answer.json()["job_id"]
         await bot.wait_state(job_id, "running")
 
-        _set_immutable(store, True)
+        store.refuse()
         health = await bot.health()
         assert health.status_code == 503, health.text
         assert "the database refuses writes" in health.json()["reason"]
@@ -104,7 +154,7 @@ async def test_read_only_database_for_a_few_seconds_then_the_job_goes_on_and_is_
         assert await bot.state(job_id) == "running"
         assert "refuses writes" in bot.logged()
 
-        _set_immutable(store, False)
+        store.allow()
         await receiver.wait_for(job_id, "delivered", timeout=30)
         await bot.wait_state(job_id, "succeeded")
         assert (await bot.health()).status_code == 200
@@ -114,9 +164,10 @@ async def test_read_only_database_for_a_few_seconds_then_the_job_goes_on_and_is_
         again = await bot.post_job(f"a pier {CHEAP}", receiver.url, user="bo")
         assert again.json()["job_id"] == job_id + 1  # the refused submit stored nothing
     finally:
-        _set_immutable(store, False)
+        store.allow()
         await bot.stop()
         await receiver.stop()
+        store.close()
 
 
 # --- 3. limits never fail open while the bot runs ------------------------------------------------
