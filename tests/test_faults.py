@@ -371,3 +371,24 @@ async def test_a_runner_whose_lease_lapsed_submits_and_delivers_nothing(make_cor
     assert (await core.service.status(second.id)).state == "queued"  # never submitted
     assert not [e for e in receiver.events if e["event"] in ("delivered", "failed")]
     assert core.runner.active_count == 0
+
+
+async def test_a_lease_renewed_late_drives_the_jobs_it_fenced_again(make_core, receiver, caplog) -> None:
+    import logging
+
+    from bot.grammar import parse_request
+    from tests.conftest import webhook_origin
+
+    core = await make_core("[defaults]\nresolutions = [\"832x480\"]\n", start=False, lease_ttl_s=2.0)
+    assert await core.lease.acquire()
+    await core.drive()
+    job = await core.service.submit(parse_request("[sim:slow=1] a lake --duration 1 --resolution 832x480"),
+                                    webhook_origin(receiver))
+    while (await core.service.status(job.id)).state != "running":
+        await asyncio.sleep(0.02)
+    with caplog.at_level(logging.INFO):
+        core.lease._renewed -= 10  # as if the process had stalled: the job stops at the fence
+        await receiver.wait_for(job.id, "delivered", timeout=30)
+    assert "renewed late" in caplog.text
+    assert f"job {job.id}: left" in caplog.text and "no longer holds the engine lease" in caplog.text
+    assert len([d for d in receiver.deliveries.values() if d.job_id == job.id]) == 1
