@@ -6,6 +6,7 @@ Everything is wired here and nowhere else. ``Core`` is what ``videobot serve`` a
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from aiohttp import web
 from bot.backends.base import Backend
 from bot.database import Database
 from bot.errors import ConfigurationError
+from bot.lease import EngineLease
 from bot.limits import LimitsConfig, LimitsStore
 from bot.metrics import build_ops_app
 from bot.runner import Runner, RunnerOptions
@@ -103,6 +105,7 @@ async def build_backend(
             name=name or "http",
             max_concurrency=concurrency,
             audio=settings.wan_audio,
+            download_stall_s=settings.download_stall_s,
         )
     if kind == "simulator":
         from bot.provider.server import bound_port, serve_provider
@@ -121,6 +124,7 @@ async def build_backend(
             label=SIMULATOR_LABEL,
             max_concurrency=concurrency,
             audio=settings.wan_audio,
+            download_stall_s=settings.download_stall_s,
         )
     if kind == "diffusers":
         from bot.gpu import DiffusersBackend, LoadOptions, Offload, Preset
@@ -247,7 +251,10 @@ class Core:
         self.settings = settings
         self.service = service
         self.runner = runner
+        self.lease = EngineLease(service.db, settings.lease_ttl_s)
+        """Held by `videobot serve` (``drive``); other cores (the CLI's one job, tests) go without."""
         self._embedded = embedded
+        self._keeper: asyncio.Task[None] | None = None
 
     @property
     def backend(self) -> Backend:
@@ -295,6 +302,15 @@ class Core:
         if ops_port is not None:
             await self.serve_ops(ops_host, ops_port)
 
+    async def drive(self) -> None:
+        """Start the runner under the engine lease, which must be held (``lease.acquire``): the
+        runner asks the lease before each step, and a lost lease stops it until it is back."""
+        if not await self.lease.renew():  # starting the adapters may have taken a while
+            raise self.lease.refusal()
+        self.runner.may_drive = self.lease.fresh
+        await self.runner.start()
+        self._keeper = asyncio.create_task(self.lease.keep(self.runner), name="videobot-lease")
+
     async def serve_ops(self, host: str, port: int, extra_routes: Sequence[web.RouteDef] = ()) -> int:
         app = guard_app(build_ops_app(self.runner.metrics, self.health, self._state_counts))
         app.add_routes(list(extra_routes))
@@ -305,9 +321,16 @@ class Core:
         return int(runner.addresses[0][1])
 
     async def health(self) -> dict[str, Any]:
+        """What /healthz shows; ``status`` is "ok" only while the database takes a write."""
+        refused = await self.service.db.probe()
         counts = await self._state_counts()
+        status = {"status": "ok"}
+        if refused is not None:
+            status = {"status": "unavailable", "reason": f"the database refuses writes: {refused}"}
+        elif self._keeper is not None and not self.lease.fresh():
+            status = {"status": "standby", "reason": "this process does not hold the engine lease now"}
         return {
-            "status": "ok",
+            **status,
             "backend": self.backend.name,
             "backend_label": self.backend.label,
             "backends": {name: g.backend.label for name, g in self.service.generators.items()},
@@ -320,7 +343,11 @@ class Core:
         return await self.service.db.run(self.service.db.repo.count_by_state)
 
     async def stop(self) -> None:
+        if self._keeper is not None:
+            self._keeper.cancel()
+            await asyncio.gather(self._keeper, return_exceptions=True)
         await self.runner.stop()
+        await self.lease.release()
         for generator in self.service.generators.values():
             await generator.backend.aclose()
         await self._embedded.close()

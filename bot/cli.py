@@ -151,17 +151,42 @@ def _announce(core: Core) -> None:
 
 
 @app.command()
-def serve() -> None:
+def serve(
+    standby: Annotated[
+        bool, typer.Option("--standby", help="If another serve drives this database, wait and take over when it stops.")
+    ] = False,
+) -> None:
     """Run the enabled chat adapters and the job runner until stopped."""
     settings = _settings()
     try:
-        asyncio.run(_serve(settings))
+        asyncio.run(_serve(settings, standby=standby))
     except (VideobotError, LimitsError) as error:
         raise _fail(str(error), 1) from None
 
 
-async def _serve(settings: Settings) -> None:
+async def _serve(settings: Settings, *, standby: bool = False) -> None:
     core = await _open_core(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        if not await core.lease.acquire():
+            if not standby:
+                raise core.lease.refusal()
+            holder = core.lease.other.detail if core.lease.other else "another process"
+            _say(f"Standby: {holder} drives this database; taking over when its lease lapses.")
+            if not await core.lease.wait(stop):
+                return
+            _say("Took over the engine lease; resuming unfinished jobs.")
+        await _run(settings, core, stop)
+    finally:
+        await core.stop()
+    _say("videobot stopped.")
+
+
+async def _run(settings: Settings, core: Core, stop: asyncio.Event) -> None:
+    """Serve until ``stop``: the chat adapters, the runner under the lease, health and admin."""
     started: list[Any] = []
     try:
         adapters = enabled_adapters(settings, core.service)
@@ -177,7 +202,7 @@ async def _serve(settings: Settings) -> None:
 
             routes += admin_routes(core, settings.admin_token)
         freeze_startup_heap()
-        await core.runner.start()
+        await core.drive()
         if settings.http_port:
             try:
                 port = await core.serve_ops(settings.http_host, settings.http_port, routes)
@@ -192,22 +217,15 @@ async def _serve(settings: Settings) -> None:
         _announce(core)
         names = ", ".join(a.name for a in adapters) or "none (set SLACK_BOT_TOKEN or DISCORD_TOKEN)"
         _say(f"Chat platforms: {names}. Database: {settings.database.split('///')[-1]}")
-        limits = settings.limits_path
-        found = "" if limits.exists() else " (not found: built-in defaults; see videobot.example.toml)"
-        _say(f"Limits: {limits}{found}")
+        defaults = " (not found: built-in defaults; see videobot.example.toml)" if core.service.limits.from_defaults else ""
+        _say(f"Limits: {settings.limits_path}{defaults}")
         if not adapters:
             _say('Try a clip from another terminal: videobot generate "a red fox in fresh snow" --output fox.mp4')
         _say("videobot is running; Ctrl-C stops it.")
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
     finally:
         for adapter in started:
             await adapter.stop()
-        await core.stop()
-    _say("videobot stopped.")
 
 
 # -- generate -----------------------------------------------------------------------------

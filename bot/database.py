@@ -4,6 +4,12 @@ One thread means one SQLite connection doing every write in order, so the servic
 contends with itself for the write lock, and the event loop never blocks on disk. Work is
 taken by priority: a person waiting on ``submit`` or ``cancel`` goes before the runner's
 background bookkeeping, so a busy runner does not slow down the answer to a slash command.
+
+A store that refuses writes for a while (a read-only file, a full disk, a lost server) raises
+``StoreUnavailable`` from every call that meets it, and ``unwritable`` says why until a write
+lands again. A person's call fails at once (they are told nothing was charged); a write the
+runner must make goes through ``persist``, which waits and retries it with backoff, so a job
+is never left half-moved because the disk was full for a few seconds.
 """
 
 from __future__ import annotations
@@ -11,17 +17,26 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
+import logging
 import queue
 import threading
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
+from sqlalchemy.exc import OperationalError
+
+from bot.errors import StoreUnavailable
 from storage.repository import JobRepository
+
+log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
 _INTERACTIVE, _BACKGROUND, _STOP = 0, 1, 2
+
+PERSIST_FIRST_WAIT_S = 0.25
+PERSIST_MAX_WAIT_S = 5.0
 
 
 class Database:
@@ -29,6 +44,8 @@ class Database:
         self.repo = repo
         self._work: queue.PriorityQueue[tuple[int, int, Any]] = queue.PriorityQueue()
         self._order = itertools.count()
+        self.unwritable: str | None = None
+        """Why the store refused its last write, until a write succeeds again; None when fine."""
         self._thread = threading.Thread(target=self._serve, name="videobot-db", daemon=True)
         self._thread.start()
 
@@ -39,6 +56,43 @@ class Database:
     async def interactive(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Like ``run``, but ahead of any queued background work: someone is waiting for it."""
         return await self._submit(_INTERACTIVE, functools.partial(fn, *args, **kwargs))
+
+    async def persist(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Like ``run``, for a write that must land: while the store refuses writes it is retried
+        with backoff (up to ``PERSIST_MAX_WAIT_S`` apart) until it succeeds or the caller is
+        canceled. Other errors (``StaleTransition``) are raised as usual."""
+        wait = PERSIST_FIRST_WAIT_S
+        while True:
+            try:
+                result = await self._submit(_BACKGROUND, functools.partial(fn, *args, **kwargs))
+            except StoreUnavailable:
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, PERSIST_MAX_WAIT_S)
+                continue
+            self.writable()
+            return result
+
+    async def probe(self) -> str | None:
+        """Try one small write now: None when the store takes writes, else why it does not."""
+        try:
+            await self.interactive(self.repo.probe_write)
+        except StoreUnavailable as error:
+            return error.reason
+        self.writable()
+        return None
+
+    def writable(self) -> None:
+        """Note that a write just landed."""
+        if self.unwritable is not None:
+            log.warning("The database takes writes again; waiting jobs go on.")
+            self.unwritable = None
+
+    def _refused(self, error: OperationalError) -> StoreUnavailable:
+        reason = str(error.orig) if error.orig is not None else str(error)
+        if self.unwritable is None:
+            log.error("The database refuses writes (%s); jobs wait and new ones are refused until it recovers.", reason)
+        self.unwritable = reason
+        return StoreUnavailable(reason)
 
     async def _submit(self, priority: int, call: Callable[[], T]) -> T:
         loop = asyncio.get_running_loop()
@@ -53,7 +107,10 @@ class Database:
                 return
             call, future, loop = item
             try:
-                result = call()
+                try:
+                    result = call()
+                except OperationalError as refused:  # the store's fault, not the call's
+                    raise self._refused(refused) from refused
             except BaseException as error:  # handed to the awaiting coroutine
                 loop.call_soon_threadsafe(_settle, future, None, error)
             else:

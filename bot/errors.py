@@ -6,6 +6,7 @@
     ├── NotAllowed          the person may not do this (another user's job, a closed channel)
     ├── JobNotFound         no such job
     ├── ConfigurationError  a setting is missing or wrong; the message names it
+    ├── StoreUnavailable    the database refuses writes for now (read-only, disk full); nothing was saved
     └── BackendError        the generator failed; ``retryable`` says whether trying again may help
 
 Adapters show ``str(error)`` to the person as it is: no traceback, no secret ever reaches it.
@@ -46,6 +47,20 @@ class JobNotFound(VideobotError):
 
 class ConfigurationError(VideobotError):
     """A setting is missing or wrong; the message names the setting, never its value."""
+
+
+class StoreUnavailable(VideobotError):
+    """The database cannot be written just now; nothing was stored, so nothing was charged.
+
+    ``reason`` is the store's own words (for logs and ``/healthz``), never shown to the person.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            "Videos are temporarily unavailable: the bot cannot save jobs right now. "
+            "Nothing was charged; please try again in a few minutes."
+        )
+        self.reason = reason
 
 
 class BackendError(VideobotError):

@@ -450,15 +450,40 @@ class LimitsConfig:
 
 
 def load_limits(path: Path) -> LimitsConfig:
-    """Read and validate the limits file. No file means the built-in defaults, so a fresh install
-    runs without one; a file that cannot be read or used raises ``LimitsError``."""
+    """Read and validate the limits file at start. No file means the built-in defaults, so a
+    fresh install runs without one; a file that cannot be read or used raises ``LimitsError``."""
     try:
         with open(path, "rb") as handle:
-            data = tomllib.load(handle)
+            data = handle.read()
     except FileNotFoundError:
         return LimitsConfig(source=path)
     except OSError as exc:
         raise LimitsError([f"{path}: cannot be read ({exc.strerror})"]) from None
+    return _parse(path, data)
+
+
+def _load_edit(path: Path) -> LimitsConfig:
+    """Read the file as it is after an edit, while the bot runs.
+
+    Here only a complete file counts: a missing or empty one is an editor part-way through a
+    save (or a slip), not a wish for the built-in defaults, so it raises ``LimitsError`` like
+    any other broken edit and the limits in force stay.
+    """
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except FileNotFoundError:
+        raise LimitsError([f"{path}: is missing (restore it; the built-in defaults apply only at start)"]) from None
+    except OSError as exc:
+        raise LimitsError([f"{path}: cannot be read ({exc.strerror})"]) from None
+    if not data.strip():
+        raise LimitsError([f"{path}: is empty"])
+    return _parse(path, data)
+
+
+def _parse(path: Path, data: bytes) -> LimitsConfig:
+    try:
+        parsed = tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError:
         raise LimitsError([f"{path}: is not UTF-8 text"]) from None
     except tomllib.TOMLDecodeError as exc:
@@ -468,7 +493,7 @@ def load_limits(path: Path) -> LimitsConfig:
     except ValueError:  # an integer of thousands of digits
         raise LimitsError([f"{path}: is not valid TOML: a number is too long"]) from None
     try:
-        return LimitsConfig(data, source=path)
+        return LimitsConfig(parsed, source=path)
     except RecursionError:
         raise LimitsError([f"{path}: values are nested too deeply"]) from None
 
@@ -493,7 +518,9 @@ class LimitsStore:
 
     ``current()`` is meant to be called on every request: it looks at the file at most every
     ``check_interval_s`` and rereads it only when its stamp changed. A broken edit leaves the
-    last good limits in force and is logged once per distinct problem, not on every call.
+    last good limits in force and is logged once per distinct problem, not on every call; at
+    run time a missing, empty or unreadable file is such an edit (only at start does a missing
+    file mean the built-in defaults: ``from_defaults`` says whether that happened).
     """
 
     def __init__(
@@ -508,6 +535,7 @@ class LimitsStore:
         self._clock = clock
         # Stamp before reading: an edit landing in between then shows up at the next check.
         self._stamp = _file_stamp(self._path)
+        self.from_defaults = self._stamp is None
         self._config = load_limits(self._path)
         self._checked_at = clock()
         self._last_error: str | None = None
@@ -546,7 +574,7 @@ class LimitsStore:
             return self._config
         self._stamp = stamp
         try:
-            self._config = load_limits(self._path)
+            self._config = _load_edit(self._path)
         except LimitsError as exc:
             if str(exc) != self._last_error:
                 self._last_error = str(exc)

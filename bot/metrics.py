@@ -47,7 +47,8 @@ def build_ops_app(
     health: Callable[[], Awaitable[dict[str, Any]]],
     state_counts: Callable[[], Awaitable[dict[str, int]]],
 ) -> web.Application:
-    """``/healthz`` answers 200 while the database and runner answer; ``/metrics`` for Prometheus."""
+    """``/healthz`` answers 200 while the database takes writes and the runner answers, else 503
+    with ``status`` and ``reason``; ``/metrics`` for Prometheus."""
 
     async def healthz(_: web.Request) -> web.Response:
         try:
@@ -55,7 +56,7 @@ def build_ops_app(
         except Exception as error:  # report, don't crash the probe
             return web.Response(status=503, text=json.dumps({"status": "error", "error": type(error).__name__}),
                                 content_type="application/json")
-        return web.json_response(body)
+        return web.json_response(body, status=200 if body.get("status") == "ok" else 503)
 
     async def scrape(_: web.Request) -> web.Response:
         metrics.observe_states(await state_counts())

@@ -3,7 +3,9 @@
 Each job is driven by one asyncio task through ``queued → submitted → running → fetching →
 delivering → succeeded``; every step is idempotent given the stored state, so a restart
 simply drives each unfinished job again from where its row says it is, on the backend its row
-names. A stored task id is polled, never resubmitted. Dispatch is fair within each backend's
+names. A stored task id is polled, never resubmitted. Every write the runner makes goes through
+``Database.persist``: while the store refuses writes a job waits at its next transition and
+goes on once writes land, instead of dying half-moved. Dispatch is fair within each backend's
 concurrency: among queued jobs it starts the oldest job of the user with the fewest jobs in
 flight, so one person's ten jobs don't starve another's one.
 """
@@ -15,9 +17,9 @@ import logging
 import shutil
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import timedelta, timezone
 from pathlib import Path
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -48,6 +50,11 @@ class _DeliveryFailed(BackendError):
         self.received = received
 
 
+class LeaseLapsed(Exception):
+    """This process may no longer drive jobs (its engine lease lapsed); each row stays as it is
+    for whichever process holds the lease now."""
+
+
 @dataclass(frozen=True)
 class RunnerOptions:
     poll_interval_s: float = 5.0
@@ -69,7 +76,7 @@ class _Checkpoint:
         self.pending_ref = job.delivery_pending_ref
 
     async def save(self, ref: str) -> None:
-        await self._db.run(self._db.repo.update, self._job_id, delivery_pending_ref=ref)
+        await self._db.persist(self._db.repo.update, self._job_id, delivery_pending_ref=ref)
         self.pending_ref = ref
 
 
@@ -105,6 +112,8 @@ class Runner:
         self._served: dict[str, int] = {}
         self._probed: dict[Path, ClipInfo] = {}
         self._turn = 0
+        self.may_drive: Callable[[], bool] = lambda: True
+        """Asked before each step, provider submit and delivery (the engine lease's ``fresh``)."""
         service.attach_dispatcher(self)
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -119,8 +128,8 @@ class Runner:
             if self._wanted(job):
                 log.info("job %s: resuming from %s", job.id, job.state)
                 self._spawn(job)
-        self._scheduler.add_job(self.wake, "interval", seconds=self.options.tick_s, id="dispatch")
-        self._scheduler.add_job(self.clean_media, "interval", hours=1, id="clean-media")
+        self._scheduler.add_job(self.wake, "interval", seconds=self.options.tick_s, id="dispatch", replace_existing=True)
+        self._scheduler.add_job(self.clean_media, "interval", hours=1, id="clean-media", replace_existing=True)
         self._scheduler.start()
         self._loop_task = asyncio.create_task(self._dispatch_loop(), name="videobot-dispatch")
         self.wake()
@@ -174,6 +183,8 @@ class Runner:
                 log.exception("dispatch failed; retrying on the next tick")
 
     async def _fill(self) -> None:
+        if not self.may_drive():
+            return
         busy = Counter(self._running_on.values())
         free = {name: b.max_concurrency - busy[name] for name, b in self.backends.items()}
         if all(n <= 0 for n in free.values()):
@@ -222,6 +233,8 @@ class Runner:
             self.metrics.jobs_finished.labels(state=job.state).inc()
         except StaleTransition:
             log.info("job %s: changed elsewhere (canceled?); stopping", job_id)
+        except LeaseLapsed:
+            log.warning("job %s: left %s; this process no longer holds the engine lease", job_id, job.state)
         except asyncio.CancelledError:
             log.info("job %s: stopped", job_id)
         except _DeliveryFailed as error:
@@ -235,7 +248,12 @@ class Runner:
         finally:
             self._finished(job_id)
 
+    def _fence(self) -> None:
+        if not self.may_drive():
+            raise LeaseLapsed
+
     async def _step(self, job: Job) -> Job:
+        self._fence()
         state = job.job_state
         if state is JobState.QUEUED:
             return await self._submit(job, JobState.QUEUED)
@@ -262,9 +280,10 @@ class Runner:
     async def _submit(self, job: Job, current: JobState) -> Job:
         """Start the task for ``job.segment_index``; the task id and segment are stored in one write."""
         spec = await self._spec(job)
+        self._fence()
         task_id = await self._backend(job).submit(spec)
         log.info("job %s: segment %s/%s submitted as task %s", job.id, job.segment_index + 1, job.segment_count, task_id)
-        job = await self.db.run(
+        job = await self.db.persist(
             self.db.repo.transition,
             job.id or 0,
             JobState.SUBMITTED,
@@ -279,13 +298,13 @@ class Runner:
 
     async def _await_task(self, job: Job) -> Job:
         delay = self.options.first_poll_s
-        submitted = job.submitted_at or utcnow()
         backend = self._backend(job)
         while True:
+            self._fence()
             state = await backend.poll(job.task_id or "")
             if state.status is TaskStatus.SUCCEEDED:
                 where = state.video_url or (f"file://{state.video_path}" if state.video_path else None)
-                return await self.db.run(
+                return await self.db.persist(
                     self.db.repo.transition,
                     job.id or 0,
                     JobState.FETCHING,
@@ -296,15 +315,13 @@ class Runner:
             if state.status is TaskStatus.FAILED:
                 raise BackendError(f"The video service could not make this video: {state.error or 'no reason given'}.")
             if state.status is TaskStatus.RUNNING and job.job_state is JobState.SUBMITTED:
-                job = await self.db.run(
+                job = await self.db.persist(
                     self.db.repo.transition, job.id or 0, JobState.RUNNING, expect=[JobState.SUBMITTED]
                 )
             await self._progress(job, Stage.GENERATING, self._overall(job, state.progress))
-            if (utcnow() - submitted).total_seconds() > self.options.job_timeout_s:
+            if self._time_left(job) <= 0:
                 await backend.cancel(job.task_id or "")
-                raise BackendError(
-                    f"The video service took longer than {int(self.options.job_timeout_s)} s; the job was stopped."
-                )
+                raise self._timed_out()
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.options.poll_interval_s)
 
@@ -312,7 +329,11 @@ class Runner:
         segment = self._segment_path(job, job.segment_index)
         if not (segment.exists() and await asyncio.to_thread(self._valid_segment, segment, job)):
             await self._progress(job, Stage.FETCHING, self._overall(job, 1.0), force=True)
-            await self._backend(job).fetch(self._finished_state(job), segment, self.options.max_download_bytes)
+            try:
+                async with asyncio.timeout(max(self._time_left(job), 0.0)):
+                    await self._backend(job).fetch(self._finished_state(job), segment, self.options.max_download_bytes)
+            except TimeoutError:
+                raise self._timed_out() from None
             self._probed[segment] = await asyncio.to_thread(self._checked, segment, job)
         if job.segment_index + 1 < job.segment_count:
             following = job.model_copy(update={"segment_index": job.segment_index + 1})
@@ -329,7 +350,7 @@ class Runner:
             info = self._probed.get(output) or await asyncio.to_thread(probe, output)
             self._probed[output] = info
             shape = {"width": info.width, "height": info.height, "fps": round(info.fps)}
-        return await self.db.run(
+        return await self.db.persist(
             self.db.repo.transition,
             job.id or 0,
             JobState.DELIVERING,
@@ -353,9 +374,10 @@ class Runner:
         received = False
         for attempt in range(1, DELIVERY_ATTEMPTS + 1):
             try:
+                self._fence()
                 ref = await notifier.deliver(job, clip, checkpoint)
                 break
-            except (BackendError, asyncio.CancelledError):
+            except (BackendError, LeaseLapsed, asyncio.CancelledError):
                 raise
             except Exception as error:
                 received = received or isinstance(error, PlatformRefused)
@@ -368,15 +390,17 @@ class Runner:
                     raise BackendError(f"The video was made but could not be posted: {error}") from error
                 log.warning("job %s: delivery attempt %s failed: %s", job.id, attempt, error)
                 await asyncio.sleep(self.options.delivery_backoff_s * 2 ** (attempt - 1))
-        return await self.db.run(
+        return await self.db.persist(
             self.db.repo.transition, job.id or 0, JobState.SUCCEEDED, expect=[JobState.DELIVERING], delivered_ref=ref
         )
 
     async def _fail(self, job_id: int, message: str, *, refund: bool = True) -> None:
         """Mark the job failed and tell the person why. It is not counted against quotas
         (``refund``) unless the person may have the clip: a platform took it, then refused."""
+        if not self.may_drive():  # the lease holder decides what became of it
+            return
         try:
-            job = await self.db.run(
+            job = await self.db.persist(
                 self.db.repo.transition,
                 job_id,
                 JobState.FAILED,
@@ -424,6 +448,18 @@ class Runner:
             await notifier.progress(job, update)
         except Exception:
             log.warning("job %s: progress update failed", job_id, exc_info=True)
+
+    def _time_left(self, job: Job) -> float:
+        """Seconds left of the job timeout, which covers a segment's generation and its download."""
+        started = job.submitted_at or utcnow()
+        if started.tzinfo is None:  # SQLite hands datetimes back naive; they are UTC
+            started = started.replace(tzinfo=timezone.utc)
+        return self.options.job_timeout_s - (utcnow() - started).total_seconds()
+
+    def _timed_out(self) -> BackendError:
+        return BackendError(
+            f"The video service took longer than {int(self.options.job_timeout_s)} s; the job was stopped."
+        )
 
     def _overall(self, job: Job, fraction: float) -> float:
         return (job.segment_index + max(0.0, min(fraction, 1.0))) / job.segment_count
@@ -509,7 +545,7 @@ class Runner:
         jobs = await self.db.run(self.db.repo.finished_with_media, cutoff)
         for job in jobs:
             await asyncio.to_thread(shutil.rmtree, self._job_dir(job), True)
-            await self.db.run(self.db.repo.update, job.id or 0, output_path=None)
+            await self.db.persist(self.db.repo.update, job.id or 0, output_path=None)
         images = await asyncio.to_thread(_remove_older_than, self.service.media_dir / "images", cutoff.timestamp())
         if jobs or images:
             log.info("removed media of %s finished jobs and %s images", len(jobs), images)

@@ -24,7 +24,7 @@ from sqlmodel import Session
 from bot.backends.base import Backend
 from bot.catalog import TIER_SIZES, ModelSpec, tier_of
 from bot.database import Database
-from bot.errors import InvalidRequest, JobNotFound, LimitExceeded, NotAllowed
+from bot.errors import InvalidRequest, JobNotFound, LimitExceeded, NotAllowed, StoreUnavailable
 from bot.limits import EffectiveLimits, LimitsConfig, LimitsStore, describe_reset, next_reset, window_start
 from bot.media import last_frame_png
 from bot.models import ImageInput, Origin, Quality, Resolution, VideoRequest
@@ -121,7 +121,7 @@ class JobService:
         """Validate, admit under the limits, store, acknowledge and queue one job.
 
         Raises ``InvalidRequest``, ``LimitExceeded`` or ``NotAllowed`` with a message for the
-        person; a repeated ``dedup_key`` (a platform retrying the same event) returns the job
+        person, ``StoreUnavailable`` when the job could not be stored (nothing charged); a repeated ``dedup_key`` (a platform retrying the same event) returns the job
         that key already made instead of making a second one.
         """
         config = self.limits.current()
@@ -132,7 +132,10 @@ class JobService:
         self._validate(request, origin, limits, admin=admin, model=plan.model)
         job = self._new_job(plan, origin, dedup_key=dedup_key, kind=kind, parent_id=parent_id)
         if request.image is not None:
-            job.image_path, job.image_mime = await asyncio.to_thread(self._store_image, request.image)
+            try:
+                job.image_path, job.image_mime = await asyncio.to_thread(self._store_image, request.image)
+            except OSError as error:  # a full or read-only disk: nothing stored, nothing charged
+                raise StoreUnavailable(f"cannot store the image: {error.strerror or error}") from error
 
         def admit(session: Session) -> None:
             if not admin:
@@ -472,9 +475,13 @@ class JobService:
             return job
         if status is None:
             return job
-        return await self.db.interactive(
-            self.db.repo.update, job.id or 0, status_ref=status.ref, thread_id=status.thread_id or job.thread_id
-        )
+        try:
+            return await self.db.interactive(
+                self.db.repo.update, job.id or 0, status_ref=status.ref, thread_id=status.thread_id or job.thread_id
+            )
+        except StoreUnavailable:  # the job is stored and runs; only its status message is not noted
+            log.warning("job %s: could not note its status message", job.id)
+            return job
 
     async def _owned(self, job_id: int, by: Origin, *, owner_only: bool = True) -> Job:
         job = await self.status(job_id)

@@ -66,7 +66,11 @@ class Settings:
     progress_interval_s: float = 3.0
     job_timeout_s: float = 1800.0
     max_download_bytes: int = 200 * 1024 * 1024
+    # a clip download that brings under 64 KiB in this many seconds is cut as stalled
+    download_stall_s: float = 30.0
     media_retention_days: int = 7
+    # the engine lease: one serve drives a database; a standby takes over this long after a crash
+    lease_ttl_s: float = 30.0
     # operations: /healthz and /metrics; 0 turns the endpoint off
     http_port: int = 8080
     http_host: str = "0.0.0.0"
@@ -219,6 +223,8 @@ class EnvironmentSettings(BaseSettings):
     job_timeout_s: float = _env("VIDEOBOT_JOB_TIMEOUT", "seconds, more than 0", default=1800.0, gt=0)
     max_download_bytes: int = _env("VIDEOBOT_MAX_DOWNLOAD_BYTES", "a whole number of bytes, more than 0",
                                    default=200 * 1024 * 1024, gt=0)  # fmt: skip
+    download_stall_s: float = _env("VIDEOBOT_DOWNLOAD_STALL_TIMEOUT", "seconds, more than 0", default=30.0, gt=0)
+    lease_ttl_s: float = _env("VIDEOBOT_LEASE_TTL", "seconds, more than 0", default=30.0, gt=0)
     media_retention_days: int = _env("VIDEOBOT_MEDIA_RETENTION_DAYS", "a whole number of days, 0 or more",
                                      default=7, ge=0)  # fmt: skip
     http_port: int = _env("VIDEOBOT_HTTP_PORT", _PORT + " (0 turns /healthz and /metrics off)",

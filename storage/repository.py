@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine, and_, func, insert, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from storage.tables import ACTIVE_STATES, IN_FLIGHT_STATES, Job, JobEvent, JobState, utcnow
+from storage.tables import ACTIVE_STATES, IN_FLIGHT_STATES, Job, JobEvent, JobState, Lease, utcnow
 
 T = TypeVar("T")
 
@@ -212,6 +212,66 @@ class JobRepository:
             )
             return list(session.exec(query))
 
+    # -- leases and the write probe -----------------------------------------------------------
+
+    def acquire_lease(
+        self, claim: Lease, ttl_s: float, *, gone: Callable[[Lease], bool] = lambda lease: False
+    ) -> Lease:
+        """Take the lease ``claim`` names for its holder if it is free, lapsed, already theirs, or
+        its holder is ``gone`` (a crashed process); one commit.
+
+        Returns the lease as it stands afterwards: the caller holds it when the holder matches
+        ``claim.holder``, otherwise the row names who does and until when.
+        """
+        now = utcnow()
+        with self._session() as session, session.begin():
+            lease = session.get(Lease, claim.name, with_for_update=True)
+            if lease is not None and lease.holder != claim.holder and _aware(lease.expires_at) > now and not gone(lease):
+                return lease
+            if lease is None:
+                lease = Lease(name=claim.name, holder=claim.holder)
+                session.add(lease)
+            if lease.holder != claim.holder or lease.acquired_at is None:
+                lease.acquired_at = now
+            lease.holder, lease.host, lease.pid, lease.detail = claim.holder, claim.host, claim.pid, claim.detail
+            lease.renewed_at, lease.expires_at = now, now + timedelta(seconds=ttl_s)
+            session.flush()
+            return lease
+
+    def renew_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        """Extend ``holder``'s lease; False when it is no longer theirs (it lapsed and was taken)."""
+        now = utcnow()
+        with self._session() as session, session.begin():
+            renewed = session.execute(
+                update(Lease)
+                .where(col(Lease.name) == name, col(Lease.holder) == holder)
+                .values(renewed_at=now, expires_at=now + timedelta(seconds=ttl_s))
+            )
+            return bool(renewed.rowcount)
+
+    def get_lease(self, name: str) -> Lease | None:
+        with self._session() as session:
+            return session.get(Lease, name)
+
+    def release_lease(self, name: str, holder: str) -> None:
+        """Give the lease up at once (a clean stop), so a standby need not wait for it to lapse."""
+        with self._session() as session, session.begin():
+            session.execute(
+                update(Lease)
+                .where(col(Lease.name) == name, col(Lease.holder) == holder)
+                .values(expires_at=utcnow() - timedelta(seconds=1))
+            )
+
+    def probe_write(self) -> None:
+        """Rewrite one small row: raises when the store does not take writes (read-only, full)."""
+        now = utcnow()
+        with self._session() as session, session.begin():
+            probe = session.get(Lease, "write-probe")
+            if probe is None:
+                session.add(Lease(name="write-probe", holder="healthz", acquired_at=now, renewed_at=now, expires_at=now))
+            else:
+                probe.renewed_at = probe.expires_at = now
+
     # -- usage ------------------------------------------------------------------------------
 
     @staticmethod
@@ -278,3 +338,8 @@ class JobRepository:
             ),
             key=lambda usage: (-usage.spend_month, -usage.jobs_month, usage.user_id),
         )
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite hands datetimes back naive; they are UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)

@@ -127,3 +127,23 @@ class JobEvent(SQLModel, table=True):
     from_state: str | None = None
     to_state: str
     detail: str = ""
+
+
+class Lease(SQLModel, table=True):
+    """A named lease in the database: which process holds it (host, pid), and until when.
+
+    ``engine`` says which `videobot serve` drives the jobs; the holder renews it while alive and
+    another may take it only once ``expires_at`` has passed. ``write-probe`` is a row the health
+    check rewrites to learn whether the store takes writes.
+    """
+
+    __tablename__ = "leases"
+
+    name: str = Field(primary_key=True)
+    holder: str
+    host: str = ""
+    pid: int = 0
+    detail: str = ""
+    acquired_at: datetime = Field(default_factory=utcnow)
+    renewed_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime = Field(default_factory=utcnow)

@@ -429,14 +429,39 @@ def test_store_looks_at_the_file_at_most_every_interval(tmp_path: Path) -> None:
     assert daily_jobs(store) == 30
 
 
-def test_store_returns_to_the_defaults_when_the_file_is_removed(tmp_path: Path) -> None:
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("breakage", ["removed", "emptied", "blank", "a folder"])
+def test_store_keeps_the_last_good_limits_when_the_file_goes_missing_or_empty_at_run_time(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, breakage: str
+) -> None:
     editor = Editor(tmp_path / "videobot.toml")
     editor.save("[defaults]\nuser_daily_jobs = 7\n")
     store = LimitsStore(editor.path, check_interval_s=0)
 
-    editor.path.unlink()
+    with caplog.at_level(logging.INFO, logger="bot.limits"):
+        if breakage == "removed":
+            editor.path.unlink()
+        elif breakage == "a folder":
+            editor.path.unlink()
+            editor.path.mkdir()
+        else:
+            editor.save("" if breakage == "emptied" else "  \n\n")
+        assert [daily_jobs(store) for _ in range(3)] == [7, 7, 7]
 
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1, errors
+    assert "Keeping the previous usage limits" in errors[0]
+    assert store.from_defaults is False
+
+
+@pytest.mark.timeout(10)
+def test_store_starts_on_the_builtin_defaults_only_when_the_file_is_missing_at_start(tmp_path: Path) -> None:
+    store = LimitsStore(tmp_path / "videobot.toml", check_interval_s=0)
+    assert store.from_defaults is True
     assert daily_jobs(store) == 20
+
+    Editor(store.path).save("[defaults]\nuser_daily_jobs = 3\n")
+    assert daily_jobs(store) == 3
 
 
 def test_store_refuses_to_start_on_a_broken_file(tmp_path: Path) -> None:

@@ -116,4 +116,5 @@ def test_upgrading_an_existing_database_keeps_its_jobs(tmp_path) -> None:
     engine.dispose()
     with sqlite3.connect(tmp_path / "old.db") as raw:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert raw.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "0003"
+        assert raw.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "0004"
+        assert raw.execute("SELECT count(*) FROM leases").fetchone()[0] == 0

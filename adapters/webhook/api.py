@@ -3,7 +3,8 @@
 Requests carry ``Authorization: Bearer $VIDEOBOT_API_KEY``. A body is a JSON object:
 ``{"prompt": "a fox --duration 8", "callback_url": "https://…", "user_id": "…",
 "workspace_id": "…", "image": "data:image/png;base64,…"}``; errors answer with the same
-user-facing messages as chat (400 invalid, 403 not allowed, 413 too large, 429 over a limit).
+user-facing messages as chat (400 invalid, 403 not allowed, 413 too large, 429 over a limit, 503 when the
+bot cannot store jobs for now, with nothing charged).
 
 Every field has a type (``prompt`` a string, ids strings or whole numbers, ``image`` a data URI
 or null) and anything else is a 400 naming the field, never a 500. The body may be as large as
@@ -31,6 +32,7 @@ from bot.errors import (
     JobNotFound,
     LimitExceeded,
     NotAllowed,
+    StoreUnavailable,
     VideobotError,
 )
 from bot.grammar import clean_text, parse_job_id, parse_request
@@ -40,7 +42,7 @@ from bot.outbound import BlockedDestination, OutboundPolicy
 from bot.service import JobService
 from bot.serving import streams_body
 
-_STATUS = {InvalidRequest: 400, NotAllowed: 403, JobNotFound: 404, LimitExceeded: 429}
+_STATUS = {InvalidRequest: 400, NotAllowed: 403, JobNotFound: 404, LimitExceeded: 429, StoreUnavailable: 503}
 _ID_MAX_CHARS = 200
 _TEXT_MAX_CHARS = 100_000
 _BODY_SPARE_BYTES = 256 * 1024

@@ -8,7 +8,8 @@ shapes, status words and error bodies, but not in how a call to it must behave:
 - what is left becomes a ``BackendError`` whose message can be shown to the person as it is;
 - the key travels only in a header to the provider's own origin, never to a CDN or presigned
   URL, and is masked in any provider text that echoes it; logs carry method, path and status;
-- a download streams into a temporary file with a size cap, and lands whole or not at all.
+- a download streams into a temporary file with a size cap, and lands whole or not at all;
+  one that trickles (less than ``STALL_MIN_BYTES`` in ``stall_s``) is cut as stalled.
 
 A backend module owns the vocabulary (``refusal`` turns a 4xx into the person's message); this
 module owns the behaviour.
@@ -46,6 +47,10 @@ TRANSIENT_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProt
 PROVIDER_FAULTS = (BlockedDestination, httpx.TooManyRedirects, httpx.UnsupportedProtocol, httpx.InvalidURL, httpx.DecodingError)
 
 _NOT_RESPONDING = "The video service is not responding."
+
+STALL_MIN_BYTES = 64 * 1024
+"""A download must bring at least this much in every ``stall_s``, or it is stalled: a byte every
+few seconds never trips a per-read timeout, yet would keep a job fetching for days."""
 _PROVIDER_MESSAGE_MAX = 300
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -61,6 +66,7 @@ class ProviderClient:
     each network step (connect, each read, each write), not a whole download. A request is
     tried at most ``1 + max_retries`` times; waits grow as ``backoff_base_s * 2**attempt``
     with jitter, never shorter than ``Retry-After`` and never longer than ``backoff_max_s``.
+    A download that brings less than ``STALL_MIN_BYTES`` in any ``stall_s`` is cut.
     ``transport`` swaps the network layer (tests, a proxy); ``verify`` is httpx's TLS setting
     (an ``ssl.SSLContext``, or a CA bundle path for providers reached through a corporate proxy).
     Every request, and every redirect hop, passes ``bot.outbound``'s guard: ``base_url``'s host
@@ -80,10 +86,12 @@ class ProviderClient:
         max_retries: int = 4,
         backoff_base_s: float = 0.5,
         backoff_max_s: float = 20.0,
+        stall_s: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
         verify: bool | str | ssl.SSLContext = True,
     ) -> None:
         self.base = httpx.URL(base_url.rstrip("/") + "/")
+        self.stall_s = stall_s
         self.max_retries = max_retries
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
@@ -187,7 +195,7 @@ class ProviderClient:
             if declared.isdigit() and int(declared) > max_bytes:
                 raise _too_big(max_bytes)
             dest.parent.mkdir(parents=True, exist_ok=True)
-            size = await _stream_to(response, dest, max_bytes)
+            size = await _stream_to(response, dest, max_bytes, self.stall_s)
         except TRANSIENT_ERRORS as exc:
             raise BackendError("The video download was interrupted — try again.", retryable=True) from exc
         except PROVIDER_FAULTS as exc:
@@ -291,27 +299,48 @@ def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
     return url.scheme, url.host, url.port or _DEFAULT_PORTS.get(url.scheme)
 
 
-async def _stream_to(response: httpx.Response, dest: Path, max_bytes: int) -> int:
+async def _stream_to(response: httpx.Response, dest: Path, max_bytes: int, stall_s: float) -> int:
     """Stream the body into a temporary file beside ``dest``, then rename it into place.
 
     The rename is atomic on one filesystem, so ``dest`` never holds half a clip; the stream is
-    cut as soon as more than ``max_bytes`` arrive. Returns the number of bytes written.
+    cut as soon as more than ``max_bytes`` arrive, or when a window of ``stall_s`` passes with
+    less than ``STALL_MIN_BYTES`` received. Returns the number of bytes written.
     """
     fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     tmp = Path(tmp_name)
     received = 0
+    loop = asyncio.get_running_loop()
+    window_end, window_bytes = loop.time() + stall_s, 0
+    chunks = response.aiter_bytes()
     try:
         with os.fdopen(fd, "wb") as out:
-            async for chunk in response.aiter_bytes():
+            while True:
+                try:
+                    async with asyncio.timeout_at(window_end):
+                        chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    raise _stalled(stall_s, received) from None
                 received += len(chunk)
                 if received > max_bytes:
                     raise _too_big(max_bytes)
                 await asyncio.to_thread(out.write, chunk)
+                window_bytes += len(chunk)
+                if window_bytes >= STALL_MIN_BYTES:
+                    window_end, window_bytes = loop.time() + stall_s, 0
         tmp.replace(dest)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return received
+
+
+def _stalled(stall_s: float, received: int) -> BackendError:
+    _log.info("download stalled: under %d bytes in %.1fs (%d bytes in all)", STALL_MIN_BYTES, stall_s, received)
+    return BackendError(
+        f"The video download stalled (almost nothing arrived in {stall_s:g} s) — try again.", retryable=True
+    )
 
 
 def _too_big(max_bytes: int) -> BackendError:

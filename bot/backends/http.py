@@ -75,6 +75,7 @@ class HttpBackend:
         max_retries: int = 4,
         backoff_base_s: float = 0.5,
         backoff_max_s: float = 20.0,
+        download_stall_s: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.name = name
@@ -94,6 +95,7 @@ class HttpBackend:
             max_retries=max_retries,
             backoff_base_s=backoff_base_s,
             backoff_max_s=backoff_max_s,
+            stall_s=download_stall_s,
             transport=transport,
         )
 

@@ -38,7 +38,8 @@ class Reply:
     answers (until the fake stops), to make the client time out. ``stream`` sends the body in
     chunks without a Content-Length (unless ``declared_length`` states one), and ``stall`` then
     keeps the response open instead of finishing it, so a client that waits for the end would
-    time out while one that stops reading early does not.
+    time out while one that stops reading early does not. ``trickle_s`` streams the body one byte
+    at a time, that many seconds apart: a download that never quite stops.
     """
 
     status: int = 200
@@ -50,6 +51,7 @@ class Reply:
     stream: bool = False
     declared_length: int | None = None
     stall: bool = False
+    trickle_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -92,10 +94,10 @@ class FakeProvider:
         """Answer the next requests to ``route`` with ``replies``, in order."""
         self._queues.setdefault(route, deque()).extend(replies)
 
-    def serve_video(self, size: int, *, stream: bool = False) -> str:
+    def serve_video(self, size: int, *, stream: bool = False, trickle_s: float = 0.0) -> str:
         """Serve ``size`` bytes at ``/files/clip.mp4`` from now on; return its absolute URL."""
         body = video_bytes(size)
-        self._video = Reply(body=body, content_type="video/mp4", stream=stream)
+        self._video = Reply(body=body, content_type="video/mp4", stream=stream or bool(trickle_s), trickle_s=trickle_s)
         return f"{self.origin}/files/clip.mp4"
 
     def requests_to(self, route: Route) -> list[RecordedRequest]:
@@ -177,8 +179,11 @@ class FakeProvider:
         else:
             response.enable_chunked_encoding()
         await response.prepare(request)
-        for start in range(0, len(body), _CHUNK):
-            await response.write(body[start : start + _CHUNK])
+        step = 1 if reply.trickle_s else _CHUNK
+        for start in range(0, len(body), step):
+            await response.write(body[start : start + step])
+            if reply.trickle_s:
+                await asyncio.sleep(reply.trickle_s)
         if reply.stall:
             await self._released.wait()
             return response
