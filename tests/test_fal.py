@@ -326,11 +326,17 @@ async def videobot(tmp_path: Path, env: dict[str, str], *args: str) -> tuple[int
     return process.returncode or 0, out.decode()
 
 
-async def test_generate_text_to_video_through_fal(fal: FakeFal, tmp_path: Path) -> None:
+async def test_generate_text_to_video_through_fal_despite_429s(fal: FakeFal, tmp_path: Path) -> None:
+    busy = Reply(429, json={"detail": "Too many requests"}, headers={"Retry-After": "0.3"})
+    fal.queue("submit", busy)
+    fal.queue("status", busy)
     code, out = await videobot(tmp_path, fal_env(tmp_path, fal), "generate", "a lighthouse in a storm",
                                "--duration", "5", "--resolution", "480p", "--output", "storm.mp4")
     assert code == 0, out
-    [submit] = fal.requests_to("submit")
+    throttled, submit = fal.requests_to("submit")
+    assert submit.at - throttled.at >= 0.3 and sum(fal.submits.values()) == 1
+    statuses = fal.requests_to("status")
+    assert len(statuses) >= 2 and statuses[1].at - statuses[0].at >= 0.3
     assert submit.json["resolution"] == "480p" and submit.json["duration"] == "5"
     info = probe(tmp_path / "storm.mp4")
     assert info.duration_s == pytest.approx(5, abs=0.15) and has_audio(tmp_path / "storm.mp4")

@@ -310,12 +310,19 @@ def stored_jobs(tmp_path: Path) -> list[Any]:
         engine.dispose()
 
 
-async def test_generate_text_to_video_through_replicate(tmp_path: Path, fake: FakeReplicate) -> None:
+async def test_generate_text_to_video_through_replicate_despite_429s(tmp_path: Path, fake: FakeReplicate) -> None:
+    busy = Reply(429, json={"title": "Too Many Requests", "detail": "slow down", "status": 429},
+                 headers={"Retry-After": "0.3"})
+    fake.queue("create", busy)
+    fake.queue("get", busy)
     code, output = await videobot(tmp_path, fake, "generate", "a red fox in fresh snow", "--duration", "5",
                                   "--resolution", "480p", "--seed", "11", "--output", "fox.mp4")
     assert code == 0, output
     assert "Wrote fox.mp4" in output
-    [create] = fake.requests_to("create")
+    throttled, create = fake.requests_to("create")
+    assert create.at - throttled.at >= 0.3 and len(fake.predictions) == 1
+    gets = fake.requests_to("get")
+    assert len(gets) >= 2 and gets[1].at - gets[0].at >= 0.3
     assert create.json["input"] == {"prompt": "a red fox in fresh snow", "size": "832*480", "duration": 5, "seed": 11}
     info = probe(tmp_path / "fox.mp4")
     assert info.duration_s == pytest.approx(5, abs=0.2) and has_audio(tmp_path / "fox.mp4")
