@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -37,16 +36,33 @@ from bot.images import load_image
 from bot.media import first_frame_png, last_frame_png, probe
 from bot.models import GenerationSpec, Mode
 from bot.provider import render
-from bot.provider.server import TASKS, InvalidParameter, TaskRegistry, bound_port, parse_submission, serve_provider
+from bot.provider.server import (
+    TASKS,
+    InvalidParameter,
+    TaskRegistry,
+    bound_port,
+    parse_submission,
+    serve_provider,
+)
 from bot.provider.simulator import build_simulator_app
 from bot.settings import Settings
 from storage.tables import JobState
+from tests import test_discord_e2e
 from tests.conftest import subprocess_env, webhook_origin
-from tests.fakes.slack_api import BOT_TOKEN, SIGNING_SECRET, FakeSlack, mention_event, message_shortcut, view_submission
-from tests.test_discord_e2e import World, WorldFactory, answered, make_world  # noqa: F401 (a fixture)
+from tests.fakes.slack_api import (
+    BOT_TOKEN,
+    SIGNING_SECRET,
+    FakeSlack,
+    mention_event,
+    message_shortcut,
+    view_submission,
+)
+from tests.test_discord_e2e import World, WorldFactory, answered
 from tests.test_slack_e2e import SlackBot
 
 pytestmark = pytest.mark.timeout(120)
+
+make_world = test_discord_e2e.make_world  # the fake Discord world, as its own tests build it
 
 MAX_DIFF = 8.0
 DISTINCT = 40.0
@@ -399,7 +415,7 @@ async def test_a_twenty_second_loop_is_stitched_and_ends_on_its_first_frame(make
 
 
 async def test_a_text_only_loop_of_one_segment_is_made_in_two(make_core: Any, receiver: Any, tmp_path: Path) -> None:
-    async with simulator(tmp_path) as (backend, tasks):
+    async with simulator(tmp_path) as (backend, _):
         core = await make_core(LIMITS, backend=backend)
         job = await core.service.submit(parse_request(f"a spinning top --loop {FAST}".replace("--duration 1", "--duration 2")), webhook_origin(receiver))
         assert job.segment_count == 2
@@ -465,7 +481,11 @@ class _HostedStub:
     label = "wan2.6"
     max_concurrency = 1
     max_segment_s = 15
-    models: dict[Mode, ModelSpec] = {Mode.TEXT_TO_VIDEO: MODELS["wan2.6-t2v"], Mode.IMAGE_TO_VIDEO: MODELS["wan2.6-i2v"]}
+
+    def __init__(self) -> None:
+        self.models: dict[Mode, ModelSpec] = {
+            Mode.TEXT_TO_VIDEO: MODELS["wan2.6-t2v"], Mode.IMAGE_TO_VIDEO: MODELS["wan2.6-i2v"]
+        }
 
     async def submit(self, spec: GenerationSpec) -> str:
         raise AssertionError("a refused request must never reach the backend")
@@ -516,7 +536,7 @@ def test_cli_generate_with_end_image_writes_a_clip_ending_on_it_and_refuses_mult
 
     def videobot(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "bot", *args], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=100)
+                              capture_output=True, text=True, timeout=100, check=False)
 
     made = videobot("generate", "dusk falls", "--image", "start.png", "--end-image", "end.png",
                     "--duration", "1", "--resolution", "832x480", "--output", "dusk.mp4")
