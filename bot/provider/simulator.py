@@ -15,6 +15,10 @@ either for every request (``SimulatorOptions``, changeable at run time through
     [sim:429x3]       ... the first three submits
     [sim:500]         the first submit of this prompt is answered 500 (also [sim:500x2])
 
+Image-to-video with an ``end_image`` (the contract's keyframe field) crossfades from the start
+image to the end image, so the clip's first and last frames are those images fitted to its size,
+as a first-and-last-frame model makes them; a loop sends the same frame as both.
+
 Tokens are cut from the text drawn on the clip. ``GET /v1/_simulator/tasks`` lists every task
 held and counts submit attempts, so a test can prove that a task was never submitted twice.
 """
@@ -399,6 +403,7 @@ class _Controls:
                 "task_id": task.id,
                 "prompt": task.spec.prompt,
                 "mode": task.spec.mode.value,
+                "end_image": task.spec.end_image is not None,
                 "status": task.status.value,
                 "progress": round(task.progress, 4),
                 "error": task.error,
