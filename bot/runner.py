@@ -518,7 +518,8 @@ class Runner:
         end_image, end_mime = await self._end_frame(job) if image is not None else (None, None)
         if end_image is not None and not model.end_frame:
             raise BackendError(
-                f"{model.name} takes no end frame, so this clip cannot end on the frame asked for. It was not counted."
+                f"{model.name} takes no end frame (the generator was reconfigured since this job was made), "
+                "so this clip cannot end on the frame asked for."
             )
         return GenerationSpec(
             prompt=job.prompt,
