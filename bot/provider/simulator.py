@@ -15,6 +15,10 @@ either for every request (``SimulatorOptions``, changeable at run time through
     [sim:429x3]       ... the first three submits
     [sim:500]         the first submit of this prompt is answered 500 (also [sim:500x2])
 
+Image-to-video with an ``end_image`` (the contract's keyframe field) crossfades from the start
+image to the end image, so the clip's first and last frames are those images fitted to its size,
+as a first-and-last-frame model makes them; a loop sends the same frame as both.
+
 Tokens are cut from the text drawn on the clip. ``GET /v1/_simulator/tasks`` lists every task
 held and counts submit attempts, so a test can prove that a task was never submitted twice.
 """
@@ -193,6 +197,11 @@ class SimulatorGenerator:
                 render.image_size(spec.image)
             except ValueError as exc:
                 raise InvalidRequest(f"image: {exc}") from None
+        if spec.end_image is not None:
+            try:
+                render.image_size(spec.end_image)
+            except ValueError as exc:
+                raise InvalidRequest(f"end_image: {exc}") from None
 
     def before_submit(self, spec: GenerationSpec) -> None:
         """Refuse a submit the way a busy or broken provider does, as options and tokens say."""
@@ -271,7 +280,7 @@ class SimulatorGenerator:
     ) -> bool:
         """Write the clip (blocking; runs in a thread), with a tone track when ``audio``.
         Returns True when it came from the cache."""
-        sound = "-tone" if audio else ""
+        sound = ("-tone" if audio else "") + ("-keyframes" if spec.end_image is not None else "")
         cached = (
             dest.parent
             / "simulator-cache"
@@ -282,7 +291,14 @@ class SimulatorGenerator:
             return True
         count = spec.duration_s * spec.fps
         size = {"width": spec.width, "height": spec.height}
-        if spec.mode is Mode.IMAGE_TO_VIDEO and spec.image is not None:
+        if spec.mode is Mode.IMAGE_TO_VIDEO and spec.image is not None and spec.end_image is not None:
+            try:
+                frames = render.keyframe_frames(
+                    spec.image, spec.end_image, count=count, seed=spec.seed, label=_LABEL, **size
+                )
+            except ValueError as exc:
+                raise BackendError(str(exc)) from None
+        elif spec.mode is Mode.IMAGE_TO_VIDEO and spec.image is not None:
             try:
                 frames = render.ken_burns_frames(
                     spec.image, count=count, seed=spec.seed, label=_LABEL, **size
@@ -387,6 +403,7 @@ class _Controls:
                 "task_id": task.id,
                 "prompt": task.spec.prompt,
                 "mode": task.spec.mode.value,
+                "end_image": task.spec.end_image is not None,
                 "status": task.status.value,
                 "progress": round(task.progress, 4),
                 "error": task.error,
