@@ -124,6 +124,11 @@ class GenerationSpec:
     """The provider's model id for this mode (hosted backends); empty for our own generators."""
     audio: bool = False
     """Make sound: True when the model makes it and the person did not ask for ``--silent``."""
+    end_image: bytes | None = None
+    """The clip's last frame (``--end-image``; a ``--loop`` sends the start image again)."""
+    end_image_mime: str | None = None
+    shots: str = "single"
+    """``"single"`` or ``"multi"`` (``--shots multi``, on models that cut between shots)."""
 
     @property
     def mode(self) -> Mode:
