@@ -22,7 +22,7 @@ from bot.backends.dashscope import DashScopeBackend
 from bot.backends.fal import FalBackend
 from bot.catalog import MODELS
 from bot.errors import BackendError
-from bot.models import GenerationSpec, TaskState
+from bot.models import GenerationSpec, Mode, TaskState
 from tests.fakes.dashscope import KEY as DASHSCOPE_KEY
 from tests.fakes.dashscope import FakeDashScope
 from tests.fakes.fal import FLF2V, FakeFal
@@ -252,3 +252,37 @@ async def test_fal_refuses_multi_shot_before_anything_is_sent(fal: FakeFal, fal_
     with pytest.raises(BackendError, match="one shot per clip"):
         await fal_backend.submit(fal_spec(shots="multi"))
     assert fal.requests == []
+
+
+async def test_fal_with_flf2v_as_its_image_model_makes_end_frame_clips_and_refuses_a_lone_image(
+    fal: FakeFal, tmp_path: Path
+) -> None:
+    configured = FalBackend(FAL_KEY, host=fal.host, ca_file=str(fal.ca_path), backoff_base_s=0.01, i2v_model=FLF2V)
+    try:
+        assert configured.models[Mode.IMAGE_TO_VIDEO].end_frame  # what the service checks before admission
+        start, end = picture(1280, 720, "start"), picture(1280, 720, "end")
+        clip = await made(configured, fal_spec(image=start, image_mime="image/jpeg", end_image=end,
+                                               end_image_mime="image/jpeg", model=FLF2V), tmp_path / "c.mp4")
+        assert_runs_from_start_to_end(clip, start, end)
+        with pytest.raises(BackendError, match="needs an end image"):
+            await configured.submit(fal_spec(image=start, image_mime="image/jpeg", model=FLF2V))
+        assert len(fal.requests_to("submit")) == 1
+    finally:
+        await configured.aclose()
+
+
+async def test_dashscope_with_a_kf2v_image_model_sends_it_as_the_runner_names_it(
+    dashscope: FakeDashScope, tmp_path: Path
+) -> None:
+    configured = DashScopeBackend(dashscope.base_url, DASHSCOPE_KEY, i2v_model="wan2.2-kf2v-flash")
+    try:
+        assert configured.models[Mode.IMAGE_TO_VIDEO].end_frame
+        start, end = picture(720, 1280, "start"), picture(720, 1280, "end")
+        clip = await made(configured, ds_spec(image=start, image_mime="image/jpeg", end_image=end, width=720,
+                                              height=1280, end_image_mime="image/jpeg", model="wan2.2-kf2v-flash"),
+                          tmp_path / "portrait.mp4")
+        [sent] = dashscope.requests_to("kf2v")
+        assert sent.json["model"] == "wan2.2-kf2v-flash" and dashscope.frame_fields == [["first_frame_url", "last_frame_url"]]
+        assert_runs_from_start_to_end(clip, start, end)
+    finally:
+        await configured.aclose()

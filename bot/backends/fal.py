@@ -261,7 +261,10 @@ class FalBackend:
         if spec.shots == "multi":
             raise BackendError("fal.ai's Wan makes one shot per clip; --shots multi needs Wan 2.6 on DashScope.")
         if spec.end_image is None:
-            return self.models[spec.mode]
+            model = self.models[spec.mode]
+            if model.name == _FLF2V:
+                raise BackendError(f"{_FLF2V} needs an end image as well as a start image; attach both (or use --loop).")
+            return model
         if spec.image is None:
             raise BackendError("An end frame needs a start image too.")
         return self.end_frame_model
