@@ -8,7 +8,6 @@ embedding only accepts two CLIP images (a run without the last frame would fail)
 seed with another end image makes another clip.
 """
 
-# ruff: noqa: E402  (the gpu extra is checked for before the imports that need it)
 from __future__ import annotations
 
 import io

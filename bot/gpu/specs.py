@@ -237,11 +237,10 @@ def plan_generation(
         raise InvalidRequest(f"This model ({family.label}) animates an image; attach one to your prompt.")
     if not spec.prompt.strip():
         raise InvalidRequest("The prompt is empty; describe the video you want.")
-    if spec.end_image is not None:
-        if not family.end_frame:
-            raise InvalidRequest(
-                f"This model ({family.label}) cannot end on a given frame; Wan2.1 FLF2V or Wan2.2 I2V-A14B can."
-            )
+    if spec.end_image is not None and not family.end_frame:
+        raise InvalidRequest(
+            f"This model ({family.label}) cannot end on a given frame; Wan2.1 FLF2V or Wan2.2 I2V-A14B can."
+        )
     if spec.shots != "single":
         raise InvalidRequest(f"This model ({family.label}) makes one shot per clip.")
     if not 1 <= spec.duration_s <= MAX_DURATION_S:
