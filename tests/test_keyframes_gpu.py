@@ -27,6 +27,7 @@ from bot import media
 from bot.errors import BackendError, InvalidRequest
 from bot.gpu.backend import DiffusersBackend
 from bot.gpu.generator import DiffusersGenerator
+from bot.gpu.pipeline import LoadOptions
 from bot.gpu.specs import Preset, detect_family, plan_generation
 from bot.models import Mode, TaskStatus
 from tests.gpu_fixtures import TinyKind, build_tiny_wan
@@ -39,6 +40,7 @@ from tests.test_gpu_backend import (
     WAN22_TI2V_5B,
     Configs,
     generate,
+    needs_cuda,
     spec,
     wait_done,
 )
@@ -157,3 +159,18 @@ async def test_diffusers_backend_offers_end_frames_only_where_its_model_takes_th
         assert refused.value.status_code == 400 and not refused.value.retryable
     finally:
         await plain.aclose()
+
+
+@needs_cuda
+async def test_tiny_flf2v_checkpoint_on_cuda_in_bf16_makes_the_same_shape_of_clip(
+    checkpoints: Callable[[TinyKind], Path], tmp_path: Path
+) -> None:
+    generator = DiffusersGenerator.load(str(checkpoints("flf2v")), LoadOptions(dtype="bfloat16"))
+    try:
+        await generate(generator, spec(**FRAMES), tmp_path / "gpu.mp4")
+        health = generator.health()
+    finally:
+        generator.close()
+    clip = media.probe(tmp_path / "gpu.mp4")
+    assert (clip.frames, clip.fps, clip.width, clip.height) == (17, 16.0, 32, 32)
+    assert health["gpu"] and health["memory"]["gpu_peak_allocated_bytes"] > 0
