@@ -250,8 +250,18 @@ MODELS: dict[str, ModelSpec] = {
 def own_generator(name: str, max_segment_s: int, *, audio: bool = False) -> ModelSpec:
     """The entry for the simulator, a self-hosted worker or the local GPU: any size and rate the
     limits allow, made exactly, up to ``max_segment_s`` a call; ``audio`` when its clips come
-    with sound (``videobot simulator --audio``)."""
-    return ModelSpec(name, _BOTH, TIERS, Durations.between(1, max_segment_s), (16, 24), audio=audio, exact=True)
+    with sound (``videobot simulator --audio``). They take an end frame (the provider contract's
+    ``end_image``: the simulator crossfades onto it, the GPU pipeline passes it as
+    ``last_image``); multi-shot they do not make."""
+    return ModelSpec(
+        name, _BOTH, TIERS, Durations.between(1, max_segment_s), (16, 24), audio=audio, end_frame=True, exact=True
+    )
+
+
+def models_with(feature: str) -> list[str]:
+    """The catalog's models that have ``feature`` (``end_frame`` or ``multi_shot``), for
+    refusals that say where a request could be made."""
+    return [name for name, spec in MODELS.items() if getattr(spec, feature)]
 
 
 def model_spec(name: str) -> ModelSpec:

@@ -24,8 +24,9 @@ MAX_JOB_ID = 2**63 - 1
 DEFAULT_TIER = "720p"
 ASPECTS: dict[str, Resolution] = {a: TIER_SIZES[DEFAULT_TIER][a] for a in ("16:9", "9:16", "1:1")}
 """The common shapes at the default tier, for platforms that offer them as choices."""
-VALUE_OPTIONS = ("duration", "aspect", "resolution", "fps", "seed", "negative", "model")
-FLAG_OPTIONS = ("hq", "silent")
+VALUE_OPTIONS = ("duration", "aspect", "resolution", "fps", "seed", "negative", "model", "shots")
+FLAG_OPTIONS = ("hq", "silent", "loop")
+SHOTS = ("single", "multi")
 ALIASES = {"d": "duration", "ar": "aspect", "res": "resolution", "neg": "negative"}
 
 HELP_TEXT = """\
@@ -43,8 +44,11 @@ Options (all optional):
   --model NAME       one of the generators this workspace offers
   --silent           no sound, on models that make it
   --hq               higher quality, slower
+  --loop             end on the first frame, so the clip plays seamlessly on repeat
+  --shots multi      several shots in one clip, on models that make them (default single)
 
-Attach an image (or mention the bot on a message with one) to animate it."""
+Attach an image (or mention the bot on a message with one) to animate it. Two images: the
+first is where the clip starts, the second where it ends (both the same orientation)."""
 
 # An option starts a word: "--fps", or "—fps" / "–fps" after phone keyboards "smarten" the dashes.
 _OPTION = re.compile(r"(?<!\S)(?:--|—|–)([A-Za-z][A-Za-z-]*)(?:=(\S*))?")
@@ -52,11 +56,14 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 _QUOTES = {'"': '"', "'": "'", "“": "”", "‘": "’", "«": "»"}
 
 
-def parse_request(text: str, *, image: ImageInput | None = None, **fields: object) -> VideoRequest:
+def parse_request(
+    text: str, *, image: ImageInput | None = None, end_image: ImageInput | None = None, **fields: object
+) -> VideoRequest:
     """Parse a whole command text into a request; raise ``InvalidRequest`` naming what is wrong.
 
     ``fields`` are a platform's native option fields (Discord's /video form: ``duration=8``,
-    ``hq=True``; ``None`` or ``False`` when left empty). Options typed in the text are read by
+    ``hq=True``; ``None`` or ``False`` when left empty). ``end_image`` is the clip's last frame
+    (a second attachment). Options typed in the text are read by
     the same grammar, so ``a fox --duration 8`` in the prompt field means what it means in a
     mention; a field and a typed option that disagree are refused, naming both.
     """
@@ -88,6 +95,9 @@ def parse_request(text: str, *, image: ImageInput | None = None, **fields: objec
         model=chosen.get("model"),  # type: ignore[arg-type]
         silent="silent" in chosen,
         image=image,
+        end_image=end_image,
+        loop="loop" in chosen,
+        shots=chosen.get("shots"),  # type: ignore[arg-type]
     )
 
 
@@ -140,6 +150,9 @@ def build_request(
     model: str | None = None,
     silent: bool = False,
     image: ImageInput | None = None,
+    end_image: ImageInput | None = None,
+    loop: bool = False,
+    shots: str | None = None,
 ) -> VideoRequest:
     """Check each option and build the request. What varies by workspace and model (longest
     duration, allowed sizes and rates, which backends) is checked later by the service."""
@@ -148,6 +161,7 @@ def build_request(
         raise InvalidRequest(
             "Describe the video you want, e.g. `a red fox running through fresh snow --duration 8`."
         )
+    _keyframes(image, end_image, loop)
     shape, tier, size = _shape(aspect, resolution, image)
     return VideoRequest(
         prompt=prompt,
@@ -163,6 +177,9 @@ def build_request(
         exact_size=size is not None,
         backend=_model(model),
         silent=silent,
+        end_image=end_image,
+        loop=loop,
+        shots=_shots(shots),
     )
 
 
@@ -206,6 +223,7 @@ def _example(name: str) -> str:
         "seed": "--seed 7",
         "negative": '--negative "blurry, text"',
         "model": "--model final",
+        "shots": "--shots multi",
     }[name]
 
 
@@ -286,6 +304,38 @@ def _model(value: str | None) -> str | None:
     if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,39}", name):
         raise InvalidRequest(f"--model must be the name of a generator, e.g. {_example('model')} (got '{value[:40]}').")
     return name
+
+
+def _shots(value: str | None) -> str:
+    if value is None:
+        return "single"
+    if not isinstance(value, str) or value.strip().lower() not in SHOTS:
+        raise InvalidRequest(f"--shots must be single or multi (got '{_shown(value)}'), e.g. {_example('shots')}.")
+    return value.strip().lower()
+
+
+def _keyframes(image: ImageInput | None, end_image: ImageInput | None, loop: bool) -> None:
+    """An end image needs a start image of the same orientation; a loop ends on its own start."""
+    if end_image is None:
+        return
+    if loop:
+        raise InvalidRequest("--loop ends the clip on its first frame, so it takes no end image; drop one of them.")
+    if image is None:
+        raise InvalidRequest(
+            "An end image needs a start image too: give two images, the first where the clip starts, "
+            "the second where it ends."
+        )
+    start, end = _image_orientation(image), _image_orientation(end_image)
+    if start != end:
+        raise InvalidRequest(
+            f"The start image is {start} ({image.width}x{image.height}) but the end image is {end} "
+            f"({end_image.width}x{end_image.height}); both must share one orientation. "
+            f"Crop the end image to {start} (or the start image to {end}) and try again."
+        )
+
+
+def _image_orientation(image: ImageInput) -> str:
+    return {"16:9": "landscape", "9:16": "portrait", "1:1": "square"}[_closest_aspect(image.width, image.height)]
 
 
 def _seed(value: int | str | None) -> int | None:

@@ -195,6 +195,16 @@ def last_frame_png(path: Path) -> bytes:
         return buffer.getvalue()
 
 
+def first_frame_png(path: Path) -> bytes:
+    """The clip's first frame as PNG: where a stitched loop must end (``--loop``)."""
+    with _video_stream(path) as stream:
+        for frame in stream.container.decode(stream):
+            buffer = BytesIO()
+            frame.to_image().save(buffer, format="PNG")
+            return buffer.getvalue()
+    raise BackendError(_DAMAGED)
+
+
 def _run_ffmpeg(args: list[str], *, what: str, out: Path) -> None:
     """Run ffmpeg; on failure remove the partial output and report ffmpeg's last error line."""
     command = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *args]

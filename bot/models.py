@@ -71,10 +71,21 @@ class VideoRequest:
     """``--model NAME``: one of the backends the limits allow here; None: the default there."""
     silent: bool = False
     """``--silent``: no sound track, on models that make one."""
+    end_image: ImageInput | None = None
+    """A second image: the clip's last frame (needs ``image``, the first frame)."""
+    loop: bool = False
+    """``--loop``: the clip ends on its own first frame, so it plays seamlessly on repeat."""
+    shots: str = "single"
+    """``--shots multi``: one clip cut into several shots, on models that can (``multi_shot``)."""
 
     @property
     def mode(self) -> Mode:
         return Mode.IMAGE_TO_VIDEO if self.image is not None else Mode.TEXT_TO_VIDEO
+
+    @property
+    def keyframed(self) -> bool:
+        """True when the clip must end on a given frame: an end image, or a loop."""
+        return self.end_image is not None or self.loop
 
 
 @dataclass(frozen=True)
@@ -125,10 +136,11 @@ class GenerationSpec:
     audio: bool = False
     """Make sound: True when the model makes it and the person did not ask for ``--silent``."""
     end_image: bytes | None = None
-    """The clip's last frame (``--end-image``; a ``--loop`` sends the start image again)."""
+    """The frame this segment must end on (an end image, or a loop's first frame); only with
+    ``image``, and only on a model whose ``ModelSpec.end_frame`` is True."""
     end_image_mime: str | None = None
     shots: str = "single"
-    """``"single"`` or ``"multi"`` (``--shots multi``, on models that cut between shots)."""
+    """``single`` or ``multi`` (several shots in one clip; models with ``multi_shot``)."""
 
     @property
     def mode(self) -> Mode:

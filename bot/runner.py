@@ -27,7 +27,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from bot.backends.base import Backend
 from bot.database import Database
 from bot.errors import BackendError
-from bot.media import check_clip, concat, last_frame_png, probe, strip_audio
+from bot.media import check_clip, concat, first_frame_png, last_frame_png, probe, strip_audio
 from bot.metrics import Metrics
 from bot.catalog import ModelSpec
 from bot.models import Clip, ClipInfo, GenerationSpec, Mode, Quality, TaskState, TaskStatus
@@ -428,6 +428,8 @@ class Runner:
         return (
             f"{words} · {job.duration_s} s · {job.width}x{job.height} · {job.fps} fps · "
             f"seed {job.seed} · {backend.label if backend else job.backend}"
+            + (" · 🔁 loop" if job.loop else "")
+            + (" · multi-shot" if job.shots == "multi" else "")
         )
 
     async def _progress(self, job: Job, stage: Stage, percent: float, *, force: bool = False) -> None:
@@ -513,6 +515,11 @@ class Runner:
             image, mime = await asyncio.to_thread(Path(job.image_path).read_bytes), job.image_mime
         # a continuation of a text-to-video job starts from a frame: the image model makes it
         model = self._backend(job).models[Mode.IMAGE_TO_VIDEO if image is not None else Mode.TEXT_TO_VIDEO]
+        end_image, end_mime = await self._end_frame(job) if image is not None else (None, None)
+        if end_image is not None and not model.end_frame:
+            raise BackendError(
+                f"{model.name} takes no end frame, so this clip cannot end on the frame asked for. It was not counted."
+            )
         return GenerationSpec(
             prompt=job.prompt,
             width=job.width,
@@ -526,7 +533,28 @@ class Runner:
             image_mime=mime,
             model="" if model.exact else model.name,
             audio=job.audio and model.audio,
+            end_image=end_image,
+            end_image_mime=end_mime,
+            shots=job.shots if model.multi_shot else "single",
         )
+
+    async def _end_frame(self, job: Job) -> tuple[bytes | None, str | None]:
+        """The frame the job's last segment ends on; earlier segments end where they like.
+
+        An end image is that frame. A loop ends on the clip's own first frame: the start image
+        when one segment makes the whole clip, else the first frame of the first segment as it
+        was made (a model need not start exactly on the image it was given)."""
+        if job.segment_index != job.segment_count - 1:
+            return None, None
+        if job.end_image_path:
+            return await asyncio.to_thread(Path(job.end_image_path).read_bytes), job.end_image_mime
+        if not job.loop:
+            return None, None
+        if job.segment_index == 0:
+            if not job.image_path:
+                return None, None
+            return await asyncio.to_thread(Path(job.image_path).read_bytes), job.image_mime
+        return await asyncio.to_thread(first_frame_png, self._segment_path(job, 0)), "image/png"
 
     def _assemble(self, job: Job) -> Path:
         """The clip to deliver: one segment as it is, several (or an extension) joined."""

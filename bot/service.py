@@ -22,12 +22,12 @@ from typing import Protocol
 from sqlmodel import Session
 
 from bot.backends.base import Backend
-from bot.catalog import TIER_SIZES, ModelSpec, tier_of
+from bot.catalog import TIER_SIZES, ModelSpec, models_with, tier_of
 from bot.database import Database
 from bot.errors import InvalidRequest, JobNotFound, LimitExceeded, NotAllowed, StoreUnavailable
 from bot.limits import EffectiveLimits, LimitsConfig, LimitsStore, describe_reset, next_reset, window_start
 from bot.media import last_frame_png
-from bot.models import ImageInput, Origin, Quality, Resolution, VideoRequest
+from bot.models import ImageInput, Mode, Origin, Quality, Resolution, VideoRequest
 from bot.notifier import Notifier, ProgressUpdate, Stage
 from storage.repository import JobRepository, StaleTransition, UsageCounts
 from storage.tables import ACTIVE_STATES, Job, JobState, utcnow
@@ -136,6 +136,11 @@ class JobService:
                 job.image_path, job.image_mime = await asyncio.to_thread(self._store_image, request.image)
             except OSError as error:  # a full or read-only disk: nothing stored, nothing charged
                 raise StoreUnavailable(f"cannot store the image: {error.strerror or error}") from error
+        if request.end_image is not None:
+            try:
+                job.end_image_path, job.end_image_mime = await asyncio.to_thread(self._store_image, request.end_image)
+            except OSError as error:
+                raise StoreUnavailable(f"cannot store the end image: {error.strerror or error}") from error
 
         def admit(session: Session) -> None:
             if not admin:
@@ -170,13 +175,20 @@ class JobService:
     async def extend(self, job_id: int, by: Origin, seconds: int = 5) -> Job:
         """Continue a finished clip from its last frame; the result is the whole, longer clip."""
         parent = await self._owned(job_id, by, owner_only=False)
+        if parent.loop:
+            raise InvalidRequest(
+                f"Job #{job_id} is a loop: it ends on its own first frame so it plays seamlessly on repeat, "
+                "and an extension would break that. Make a longer loop instead (--loop --duration N)."
+            )
         if parent.job_state is not JobState.SUCCEEDED or not parent.output_path or not Path(parent.output_path).exists():
             raise InvalidRequest(f"Job #{job_id} has no finished clip to extend.")
         if not 1 <= seconds <= EXTENSION_MAX_S:
             raise InvalidRequest(f"An extension is 1 to {EXTENSION_MAX_S} seconds (got {seconds}).")
         frame = await asyncio.to_thread(last_frame_png, Path(parent.output_path))
         image = ImageInput(data=frame, mime="image/png", width=parent.width, height=parent.height)
-        request = dataclasses.replace(await self._request_of(parent, image=image), duration_s=seconds)
+        request = dataclasses.replace(
+            await self._request_of(parent, image=image), duration_s=seconds, end_image=None, loop=False
+        )
         return await self.submit(request, by, kind="extend", parent_id=parent.id)
 
     # -- changing and reading jobs ----------------------------------------------------------
@@ -308,11 +320,59 @@ class JobService:
             fps = limits.fps[0] if model.exact else next((f for f in model.fps if f in limits.fps), model.fps[0])
         model.check(mode=request.mode, size=size, duration_s=request.duration_s, fps=fps)
         segments = model.durations.segments(request.duration_s) or [request.duration_s]
+        if request.shots == "multi":
+            self._check_multi_shot(name, model, offered)
+        if request.keyframed:
+            self._check_end_frame(name, generator, offered)
+            if request.loop and request.image is None and len(segments) == 1:
+                segments = self._loop_in_two(model, request.duration_s)
         request = dataclasses.replace(request, resolution=size, fps=fps, backend=name)
         price = config.price_per_second(name)
         if price is None:
             price = generator.price_per_s if generator.price_per_s is not None else model.price(size)
         return _Plan(name, model, request, segments, round(request.duration_s * price, 4))
+
+    def _check_multi_shot(self, name: str, model: ModelSpec, offered: list[str]) -> None:
+        """Refuse ``--shots multi`` before admission where the model makes one shot a clip."""
+        if model.multi_shot:
+            return
+        here = [n for n in offered if n != name and any(m.multi_shot for m in self.generators[n].backend.models.values())]
+        hint = f" Here, try --model {' or --model '.join(here)}." if here else ""
+        raise InvalidRequest(
+            f"--shots multi needs a model that cuts a clip into several shots: {', '.join(models_with('multi_shot'))}. "
+            f"The generator {name} runs {model.name}, which makes one shot a clip.{hint}"
+        )
+
+    def _check_end_frame(self, name: str, generator: Generator, offered: list[str]) -> None:
+        """Refuse an end image or ``--loop`` before admission where the image model (which makes
+        the segment that ends on the frame) takes no end frame, naming what to configure."""
+        model = generator.backend.models.get(Mode.IMAGE_TO_VIDEO)
+        if model is not None and model.end_frame:
+            return
+        here = [
+            n for n in offered
+            if n != name and (m := self.generators[n].backend.models.get(Mode.IMAGE_TO_VIDEO)) is not None and m.end_frame
+        ]
+        hint = f" Here, try --model {' or --model '.join(here)}." if here else ""
+        runs = f"runs {model.name}, which takes" if model is not None else "makes no image-to-video, so it takes"
+        raise InvalidRequest(
+            f"An end frame (an end image, or --loop) needs a model that takes one. The generator {name} {runs} "
+            f"no end frame.{hint} An admin can configure a backend whose image model takes end frames: "
+            f"{', '.join(models_with('end_frame'))}, or our own generators (simulator, worker, diffusers)."
+        )
+
+    @staticmethod
+    def _loop_in_two(model: ModelSpec, duration_s: int) -> list[int]:
+        """A loop without an image is made in two segments: the first sets the opening frame, the
+        second returns to it. Refused when the duration does not split into the model's lengths."""
+        parts = [duration_s - duration_s // 2, duration_s // 2]
+        if all(model.durations.accepts(p) for p in parts):
+            return parts
+        raise InvalidRequest(
+            f"A loop without an image is made in two parts, the second returning to the first's opening frame, "
+            f"and {duration_s} s does not split into {model.name}'s lengths ({model.durations.describe()}). "
+            "Attach an image to loop on, or choose a longer --duration."
+        )
 
     def _validate(
         self, request: VideoRequest, origin: Origin, limits: EffectiveLimits, *, admin: bool, model: ModelSpec
@@ -376,6 +436,8 @@ class JobService:
             audio=plan.model.audio and not request.silent,
             segment_count=len(plan.segments),
             cost_usd=plan.cost_usd,
+            loop=request.loop,
+            shots=request.shots,
         )
 
     def _store_image(self, image: ImageInput) -> tuple[str, str]:
@@ -496,6 +558,10 @@ class JobService:
         if image is None and job.image_path:
             data = await asyncio.to_thread(Path(job.image_path).read_bytes)
             image = ImageInput(data=data, mime=job.image_mime or "image/png", width=job.width, height=job.height)
+        end_image: ImageInput | None = None
+        if job.end_image_path:
+            data = await asyncio.to_thread(Path(job.end_image_path).read_bytes)
+            end_image = ImageInput(data=data, mime=job.end_image_mime or "image/png", width=job.width, height=job.height)
         size = Resolution(job.width, job.height)
         return VideoRequest(
             prompt=job.prompt,
@@ -510,6 +576,9 @@ class JobService:
             exact_size=True,
             backend=job.backend if job.backend in self.generators else None,
             silent=not job.audio,
+            end_image=end_image,
+            loop=job.loop,
+            shots=job.shots,
         )
 
 
