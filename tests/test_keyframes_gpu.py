@@ -125,7 +125,7 @@ def test_an_end_frame_or_multi_shot_the_model_cannot_honour_is_refused(
 async def test_tiny_flf2v_checkpoint_makes_a_first_and_last_frame_clip_end_to_end(
     flf2v: DiffusersGenerator, tmp_path: Path
 ) -> None:
-    assert flf2v.family_label == "Wan2.1 FLF2V 16-wide" and flf2v.model.family.end_frame
+    assert flf2v.family_label == "Wan2.1 FLF2V 16-wide" and flf2v.health()["end_frame"] is True
     progress = await generate(flf2v, spec(**FRAMES), tmp_path / "flf.mp4")
     again = await generate(flf2v, spec(**FRAMES), tmp_path / "again.mp4")
     other = await generate(flf2v, spec(**FRAMES | {"end_image": OTHER_END}), tmp_path / "other.mp4")

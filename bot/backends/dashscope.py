@@ -177,7 +177,9 @@ class DashScopeBackend:
         ``parameters.resolution`` (``"720P"``) and the image as an ``img_url`` data URI (the clip
         keeps the image's shape), after fitting it to ``IMAGE_RULES``. ``duration``, ``seed``,
         ``prompt_extend`` and ``watermark: false`` always go; ``audio`` only to models that make
-        sound (``False`` for ``--silent``).
+        sound (``False`` for ``--silent``). An end frame makes it a ``kf2v`` call: the images go
+        as ``first_frame_url`` then ``last_frame_url``. ``shots="multi"`` adds ``shot_type`` and
+        forces ``prompt_extend`` on (Wan 2.6 only; elsewhere refused before anything is sent).
 
         A submit that timed out may still have started a task; the retry can, rarely, start
         (and bill) a second one, since DashScope offers no idempotency key.

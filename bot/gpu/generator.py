@@ -131,6 +131,7 @@ class DiffusersGenerator:
             "family": model.family.label,
             "modes": sorted(mode.value for mode in model.family.modes),
             "fps": model.family.fps,
+            "end_frame": model.family.end_frame,
             "preset": model.options.preset.value,
             "device": str(model.device),
             "gpu": torch.cuda.get_device_name(model.device) if model.device.type == "cuda" else None,
