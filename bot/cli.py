@@ -276,19 +276,27 @@ def generate(
     negative: Annotated[Optional[str], typer.Option(help="What to keep out.")] = None,
     hq: Annotated[bool, typer.Option("--hq", help="Higher quality, slower.")] = False,
     silent: Annotated[bool, typer.Option("--silent", help="No sound, on models that make it.")] = False,
+    end_image: Annotated[
+        Optional[Path], typer.Option("--end-image", help="End the clip on this image (with --image; same orientation).")
+    ] = None,
+    loop: Annotated[bool, typer.Option("--loop", help="End on the first frame: plays seamlessly on repeat.")] = False,
+    shots: Annotated[Optional[str], typer.Option(help="single, or multi: several shots (models that make them).")] = None,
 ) -> None:
     """Make one clip through the same service the bots use, and write it to --output."""
     settings = _settings()
     try:
-        picture = None
-        if image is not None:
-            if not image.is_file():
-                raise _fail(f"--image {image}: no such file.")
+        pictures = []
+        for option, path in (("--image", image), ("--end-image", end_image)):
+            if path is None:
+                pictures.append(None)
+                continue
+            if not path.is_file():
+                raise _fail(f"{option} {path}: no such file.")
             limits = load_limits(settings.limits_path)
-            picture = load_image(image.read_bytes(), max_bytes=limits.max_image_bytes, max_pixels=limits.max_image_pixels)
+            pictures.append(load_image(path.read_bytes(), max_bytes=limits.max_image_bytes, max_pixels=limits.max_image_pixels))
         request = build_request(
             prompt, duration=duration, aspect=aspect, resolution=resolution, fps=fps, seed=seed,
-            negative=negative, hq=hq, image=picture, silent=silent,
+            negative=negative, hq=hq, image=pictures[0], silent=silent, end_image=pictures[1], loop=loop, shots=shots,
         )
         code = asyncio.run(_generate(settings, request, output))
     except (VideobotError, LimitsError) as error:

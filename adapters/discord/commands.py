@@ -28,6 +28,10 @@ _ASPECT_CHOICES = [
     app_commands.Choice(name=f"{name} {_SHAPES.get(name, '')} ({size})", value=name) for name, size in ASPECTS.items()
 ]
 _FPS_CHOICES = [app_commands.Choice(name="16 fps", value=16), app_commands.Choice(name="24 fps (smoother)", value=24)]
+_SHOTS_CHOICES = [
+    app_commands.Choice(name="one shot", value="single"),
+    app_commands.Choice(name="several shots (models that make them)", value="multi"),
+]
 
 
 def build_commands() -> list[app_commands.Command]:
@@ -38,6 +42,7 @@ def build_commands() -> list[app_commands.Command]:
     @app_commands.describe(
         prompt="What the video shows; options may follow, e.g. a fox running --duration 8",
         image="An image to animate (PNG, JPEG, WebP, GIF or BMP)",
+        end_image="An image the video ends on (with image; same orientation)",
         duration="Seconds of video (default 5)",
         aspect="Shape of the video (default 16:9, or the image's shape)",
         resolution="480p, 720p or 1080p (with the shape), or an exact size such as 832x480",
@@ -45,9 +50,12 @@ def build_commands() -> list[app_commands.Command]:
         seed="Repeat an earlier result exactly",
         negative="What to keep out of the video",
         hq="Higher quality, slower",
+        loop="End on the first frame, so the video plays seamlessly on repeat",
+        shots="One shot, or several shots in one clip",
     )
     @app_commands.choices(aspect=_ASPECT_CHOICES)
     @app_commands.choices(fps=_FPS_CHOICES)
+    @app_commands.choices(shots=_SHOTS_CHOICES)
     async def video(
         interaction: Interaction,
         prompt: str,
@@ -59,15 +67,22 @@ def build_commands() -> list[app_commands.Command]:
         seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
         negative: str | None = None,
         hq: bool = False,
+        end_image: Attachment | None = None,
+        loop: bool = False,
+        shots: app_commands.Choice[str] | None = None,
     ) -> None:
         bot = bot_of(interaction)
 
         async def create(origin: Origin) -> Job:
             limits = bot.service.limits.current()
             picture = await image_from_attachment(image, limits) if image is not None else None
+            last = await image_from_attachment(end_image, limits) if end_image is not None else None
             request = parse_request(
                 prompt,
                 image=picture,
+                end_image=last,
+                loop=loop,
+                shots=shots.value if shots else None,
                 duration=duration,
                 aspect=aspect.value if aspect else None,
                 resolution=resolution,

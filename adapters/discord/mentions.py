@@ -1,5 +1,7 @@
 """``@videobot a fox running --duration 8``: a mention (with an optional image) starts a job.
 
+Two images make a keyframed clip: the first attached is where it starts, the second where it ends.
+
 Discord delivers the content of messages that mention the bot even without the privileged
 message-content intent, so the bot never asks for it. The job's thread opens on the person's
 message. Refusals are replies (a mention has no private channel back), and if the bot cannot
@@ -16,7 +18,7 @@ import discord
 
 from adapters.discord import render
 from adapters.discord.interactions import refusal_text
-from adapters.discord.origins import image_from_attachment, origin_from_message, pick_attachment
+from adapters.discord.origins import image_from_attachment, origin_from_message, pick_keyframes
 from bot.errors import VideobotError
 from bot.grammar import parse_request
 
@@ -50,9 +52,11 @@ async def handle_mention(bot: VideobotClient, message: discord.Message) -> None:
         return
     origin = origin_from_message(message, limits)
     try:
-        attachment = pick_attachment(message.attachments)
-        image = await image_from_attachment(attachment, limits) if attachment is not None else None
-        request = parse_request(text, image=image)
+        parse_request(text)  # a mistake is answered before anything is downloaded
+        start, end = pick_keyframes(message.attachments)
+        image = await image_from_attachment(start, limits) if start is not None else None
+        end_image = await image_from_attachment(end, limits) if end is not None else None
+        request = parse_request(text, image=image, end_image=end_image)
         await bot.service.submit(request, origin, dedup_key=f"discord:message:{message.id}")
     except VideobotError as error:
         await _reply(message, await refusal_text(bot, origin, error))

@@ -79,6 +79,15 @@ def pick_attachment(attachments: list[discord.Attachment]) -> discord.Attachment
     return attachments[0] if attachments else None
 
 
+def pick_keyframes(
+    attachments: list[discord.Attachment],
+) -> tuple[discord.Attachment | None, discord.Attachment | None]:
+    """The start image and, when a second image is attached, the end image (in message order)."""
+    first = pick_attachment(attachments)
+    images = [a for a in attachments if (a.content_type or "").startswith("image/") and a is not first]
+    return first, (images[0] if first is not None and images else None)
+
+
 async def image_from_attachment(attachment: discord.Attachment, limits: LimitsConfig) -> ImageInput:
     """Download and check an attached image; an oversized file is refused before it is downloaded."""
     if attachment.size > limits.max_image_bytes:

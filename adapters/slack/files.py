@@ -45,6 +45,17 @@ class SlackFiles:
             return None
         return next((f for f in files if str(f.get("mimetype", "")).startswith("image/")), files[0])
 
+    def keyframe_files(
+        self, files: list[Mapping[str, Any]] | None
+    ) -> tuple[Mapping[str, Any] | None, Mapping[str, Any] | None]:
+        """The file to start from and, when the message carries a second image, the one to end on
+        (the first two images in the order they were shared)."""
+        first = self.first_file(files)
+        if first is None or not files:
+            return first, None
+        rest = [f for f in files if f is not first and str(f.get("mimetype", "")).startswith("image/")]
+        return first, (rest[0] if rest else None)
+
     async def file_info(self, file_id: str) -> Mapping[str, Any]:
         """The full file object; payloads sometimes carry only the id (``file_access: check_file_info``)."""
         try:

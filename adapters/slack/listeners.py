@@ -131,9 +131,11 @@ def register(app: AsyncApp, service: JobService, files: SlackFiles) -> None:
                 await reply(service.help_text(origin))
                 return
             request = parse_request(text)  # a mistake is answered before anything is downloaded
-            file = files.first_file(attached)
+            file, end_file = files.keyframe_files(attached)
             if file is not None:
-                request = parse_request(text, image=await load_image(file, origin, client))
+                image = await load_image(file, origin, client)
+                end_image = await load_image(end_file, origin, client) if end_file is not None else None
+                request = parse_request(text, image=image, end_image=end_image)
             await service.submit(request, origin, dedup_key=_dedup_key("event", body.get("event_id")))
 
     # -- "Animate with videobot" message shortcut and its modal -----------------------------
@@ -144,7 +146,7 @@ def register(app: AsyncApp, service: JobService, files: SlackFiles) -> None:
     ) -> None:
         await ack()
         message = shortcut.get("message") or {}
-        file = files.first_file(message.get("files"))
+        file, end_file = files.keyframe_files(message.get("files"))
         try:
             if file is None:
                 raise InvalidRequest("That message has no image. Use the shortcut on a message with a picture in it.")
@@ -157,6 +159,7 @@ def register(app: AsyncApp, service: JobService, files: SlackFiles) -> None:
             thread_ts=message.get("thread_ts") or message["ts"],
             file_id=str(file["id"]),
             response_url=shortcut.get("response_url", ""),
+            end_file_id=str(end_file["id"]) if end_file is not None else "",
         )
         await client.views_open(trigger_id=shortcut["trigger_id"], view=render.animate_modal(context))
 
@@ -188,7 +191,8 @@ def register(app: AsyncApp, service: JobService, files: SlackFiles) -> None:
 
         async with answering(origin, reply):
             image = await load_image({"id": context.file_id}, origin, client)
-            request = parse_request(text, image=image)
+            end_image = await load_image({"id": context.end_file_id}, origin, client) if context.end_file_id else None
+            request = parse_request(text, image=image, end_image=end_image)
             await service.submit(request, origin, dedup_key=_dedup_key("view", view.get("id")))
 
     # -- buttons: Cancel on the status message, Reroll and Extend under the clip ------------

@@ -190,6 +190,8 @@ class AnimateContext:
     thread_ts: str
     file_id: str
     response_url: str
+    end_file_id: str = ""
+    """A second image on the message: the clip ends on it."""
 
     def dumps(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))

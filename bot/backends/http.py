@@ -106,7 +106,8 @@ class HttpBackend:
         """Start a generation and return the provider's task id.
 
         The body follows the guide: ``model``, ``prompt``, optional ``negative_prompt``, for
-        image-to-video an ``image`` data URI, and ``parameters`` with ``duration``,
+        image-to-video an ``image`` data URI (and, for a clip that must end on a frame, an
+        ``end_image`` data URI: the contract's keyframe field), and ``parameters`` with ``duration``,
         ``resolution`` (``"WxH"``), ``fps``, ``seed`` and whichever of ``guidance_scale``,
         ``num_inference_steps`` and ``motion_strength`` are set. Quality maps to parameters so:
         ``Quality.HIGH`` asks for 50 inference steps and guidance 7.5 (the guide's
@@ -140,6 +141,11 @@ class HttpBackend:
             encoded = base64.b64encode(spec.image).decode("ascii")
             body["image"] = f"data:{spec.image_mime};base64,{encoded}"
             path = "video/image-to-video"
+            if spec.end_image is not None:
+                if not spec.end_image_mime:
+                    raise BackendError("The end image has no known type; attach a PNG or JPEG.")
+                encoded = base64.b64encode(spec.end_image).decode("ascii")
+                body["end_image"] = f"data:{spec.end_image_mime};base64,{encoded}"
         body["parameters"] = {k: v for k, v in parameters.items() if v is not None}
 
         data = await self._client.send_json("POST", self._client.url(path), json=body)

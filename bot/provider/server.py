@@ -11,6 +11,10 @@ a GPU worker in production, with nothing in the core knowing which one answers.
     GET  /v1/files/{id}.mp4                  the finished clip
     GET  /v1/health                          no key needed
 
+An image-to-video body may carry ``end_image``, a data URI like ``image``: the frame the clip must
+end on (first-and-last-frame generation; a loop sends its first frame). It is refused on
+text-to-video, where there is no first frame to start from.
+
 Every error is JSON, ``{"error": {"code", "message", "param"?}}``, and a 400 names the field at
 fault. With an API key set, every route but health needs ``Authorization: Bearer <key>``; the
 ``video_url`` of a finished task also carries a signature, because hosted providers hand out
@@ -54,7 +58,7 @@ MAX_SEED = 2**32 - 1
 DEFAULT_DURATION_S = 5
 DEFAULT_RESOLUTION = "1280x720"
 DEFAULT_FPS = 16
-_MAX_BODY_BYTES = 32 * 1024 * 1024  # a 20 MiB image grows by a third in base64
+_MAX_BODY_BYTES = 64 * 1024 * 1024  # two 20 MiB images (start and end) grow by a third in base64
 _DATA_URI = re.compile(r"data:(image/[A-Za-z0-9.+-]+);base64,(.*)", re.DOTALL)
 _ERROR_CODES = {
     400: "invalid_request",
@@ -492,6 +496,11 @@ def parse_submission(body: Any, *, with_image: bool) -> GenerationSpec:
         )
 
     image, mime = _parse_image(body.get("image"), with_image=with_image)
+    end_image, end_mime = None, None
+    if body.get("end_image") is not None:
+        if not with_image:
+            raise InvalidParameter("end_image", "end_image is only accepted by /video/image-to-video")
+        end_image, end_mime = _parse_image(body["end_image"], with_image=True, field="end_image")
     return GenerationSpec(
         prompt=prompt,
         width=resolution.width,
@@ -502,6 +511,8 @@ def parse_submission(body: Any, *, with_image: bool) -> GenerationSpec:
         negative_prompt=negative,
         image=image,
         image_mime=mime,
+        end_image=end_image,
+        end_image_mime=end_mime,
         guidance_scale=_optional_number(params, "guidance_scale", 0.0, 50.0),
         num_inference_steps=_optional_steps(params),
         motion_strength=_optional_number(params, "motion_strength", 0.0, 1.0),
@@ -533,23 +544,23 @@ def _optional_steps(params: dict[str, Any]) -> int | None:
     return steps
 
 
-def _parse_image(value: Any, *, with_image: bool) -> tuple[bytes | None, str | None]:
+def _parse_image(value: Any, *, with_image: bool, field: str = "image") -> tuple[bytes | None, str | None]:
     if not with_image:
         if value is not None:
-            raise InvalidParameter("image", "image is only accepted by /video/image-to-video")
+            raise InvalidParameter(field, f"{field} is only accepted by /video/image-to-video")
         return None, None
     if value is None:
-        raise InvalidParameter("image", 'image is required: "data:image/png;base64,..."')
+        raise InvalidParameter(field, f'{field} is required: "data:image/png;base64,..."')
     match = _DATA_URI.fullmatch(value.strip()) if isinstance(value, str) else None
     if match is None:
-        raise InvalidParameter("image", 'image must be a data URI such as "data:image/jpeg;base64,..."')
+        raise InvalidParameter(field, f'{field} must be a data URI such as "data:image/jpeg;base64,..."')
     mime, payload = match.groups()
     if len(payload) > MAX_IMAGE_BYTES * 4 // 3 + 4:
-        raise InvalidParameter("image", f"image is larger than {MAX_IMAGE_BYTES // (1024 * 1024)} MiB")
+        raise InvalidParameter(field, f"{field} is larger than {MAX_IMAGE_BYTES // (1024 * 1024)} MiB")
     try:
         data = base64.b64decode(re.sub(r"\s+", "", payload), validate=True)
     except (binascii.Error, ValueError):
-        raise InvalidParameter("image", "image is not valid base64") from None
+        raise InvalidParameter(field, f"{field} is not valid base64") from None
     if not data:
-        raise InvalidParameter("image", "image is empty")
+        raise InvalidParameter(field, f"{field} is empty")
     return data, mime.lower()

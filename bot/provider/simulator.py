@@ -193,6 +193,11 @@ class SimulatorGenerator:
                 render.image_size(spec.image)
             except ValueError as exc:
                 raise InvalidRequest(f"image: {exc}") from None
+        if spec.end_image is not None:
+            try:
+                render.image_size(spec.end_image)
+            except ValueError as exc:
+                raise InvalidRequest(f"end_image: {exc}") from None
 
     def before_submit(self, spec: GenerationSpec) -> None:
         """Refuse a submit the way a busy or broken provider does, as options and tokens say."""
@@ -271,7 +276,7 @@ class SimulatorGenerator:
     ) -> bool:
         """Write the clip (blocking; runs in a thread), with a tone track when ``audio``.
         Returns True when it came from the cache."""
-        sound = "-tone" if audio else ""
+        sound = ("-tone" if audio else "") + ("-keyframes" if spec.end_image is not None else "")
         cached = (
             dest.parent
             / "simulator-cache"
@@ -282,7 +287,14 @@ class SimulatorGenerator:
             return True
         count = spec.duration_s * spec.fps
         size = {"width": spec.width, "height": spec.height}
-        if spec.mode is Mode.IMAGE_TO_VIDEO and spec.image is not None:
+        if spec.mode is Mode.IMAGE_TO_VIDEO and spec.image is not None and spec.end_image is not None:
+            try:
+                frames = render.keyframe_frames(
+                    spec.image, spec.end_image, count=count, seed=spec.seed, label=_LABEL, **size
+                )
+            except ValueError as exc:
+                raise BackendError(str(exc)) from None
+        elif spec.mode is Mode.IMAGE_TO_VIDEO and spec.image is not None:
             try:
                 frames = render.ken_burns_frames(
                     spec.image, count=count, seed=spec.seed, label=_LABEL, **size
