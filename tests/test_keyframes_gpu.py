@@ -24,12 +24,15 @@ import numpy as np
 from PIL import Image
 
 from bot import media
+from bot.backends.http import HttpBackend
 from bot.errors import BackendError, InvalidRequest
 from bot.gpu.backend import DiffusersBackend
 from bot.gpu.generator import DiffusersGenerator
 from bot.gpu.pipeline import LoadOptions
 from bot.gpu.specs import Preset, detect_family, plan_generation
+from bot.gpu.worker import start_worker
 from bot.models import Mode, TaskStatus
+from bot.provider.server import bound_port
 from tests.gpu_fixtures import TinyKind, build_tiny_wan
 from tests.test_gpu_backend import (
     CPU,
@@ -159,6 +162,34 @@ async def test_diffusers_backend_offers_end_frames_only_where_its_model_takes_th
         assert refused.value.status_code == 400 and not refused.value.retryable
     finally:
         await plain.aclose()
+
+
+async def test_a_worker_on_the_flf2v_checkpoint_takes_the_contracts_end_image_and_a_plain_one_refuses_it(
+    flf2v: DiffusersGenerator, checkpoints: Callable[[TinyKind], Path], tmp_path: Path
+) -> None:
+    """``videobot worker`` on a GPU elsewhere: the http backend sends ``end_image`` (a data URI)
+    and the worker hands it to the pipeline as ``last_image``; a worker whose model cannot end on
+    a frame answers 400 with the reason, before anything runs."""
+    runner = await start_worker(flf2v, "127.0.0.1", 0, api_key="k", files_dir=tmp_path / "files")
+    backend = HttpBackend(f"http://127.0.0.1:{bound_port(runner)}/v1", "k")
+    try:
+        state = await wait_done(backend, await backend.submit(spec(**FRAMES)))
+        assert state.status is TaskStatus.SUCCEEDED, state.error
+        clip = media.probe(await backend.fetch(state, tmp_path / "w.mp4", max_bytes=10_000_000))
+        assert (clip.frames, clip.width, clip.height) == (17, 32, 32)
+    finally:
+        await backend.aclose()
+        await runner.cleanup()
+    plain = DiffusersGenerator.load(str(checkpoints("i2v")), CPU)
+    runner = await start_worker(plain, "127.0.0.1", 0, api_key="k", files_dir=tmp_path / "files2")
+    backend = HttpBackend(f"http://127.0.0.1:{bound_port(runner)}/v1", "k")
+    try:
+        with pytest.raises(BackendError, match="cannot end on a given frame"):
+            await backend.submit(spec(**FRAMES))
+    finally:
+        await backend.aclose()
+        await runner.cleanup()
+        plain.close()
 
 
 @needs_cuda

@@ -9,7 +9,9 @@ and ends on their end image. The local GPU's twin of this story is in ``test_gpu
 
 from __future__ import annotations
 
+import asyncio
 import io
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from bot.backends.fal import FalBackend
 from bot.catalog import MODELS
 from bot.errors import BackendError
 from bot.models import GenerationSpec, Mode, TaskState
+from tests.conftest import subprocess_env
 from tests.fakes.dashscope import KEY as DASHSCOPE_KEY
 from tests.fakes.dashscope import FakeDashScope
 from tests.fakes.fal import FLF2V, FakeFal
@@ -286,3 +289,62 @@ async def test_dashscope_with_a_kf2v_image_model_sends_it_as_the_runner_names_it
         assert_runs_from_start_to_end(clip, start, end)
     finally:
         await configured.aclose()
+
+
+# -- whole jobs through `videobot generate --image a.jpg --end-image b.jpg` ----------------------
+
+
+async def videobot(tmp_path: Path, env: dict[str, str], *args: str) -> tuple[int, str]:
+    """`python -m bot ARGS` without blocking the loop the fake serves on; (rc, output)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", *args, cwd=tmp_path, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(process.communicate(), 80)
+    return process.returncode or 0, out.decode()
+
+
+@pytest.mark.timeout(120)
+async def test_generate_with_an_end_image_through_dashscope_kf2v(dashscope: FakeDashScope, tmp_path: Path) -> None:
+    start, end = picture(1280, 720, "start"), picture(1280, 720, "end")
+    (tmp_path / "a.jpg").write_bytes(start)
+    (tmp_path / "b.jpg").write_bytes(end)
+    env = subprocess_env(tmp_path, VIDEOBOT_BACKEND="dashscope", DASHSCOPE_HTTP_BASE_URL=dashscope.base_url,
+                         DASHSCOPE_API_KEY=DASHSCOPE_KEY, VIDEOBOT_I2V_MODEL="wan2.2-kf2v-flash",
+                         VIDEOBOT_ALLOWED_HOSTS=dashscope.cdn_host, COLUMNS="160")
+    rc, output = await videobot(tmp_path, env, "generate", "the tide comes in at dusk", "--image", "a.jpg",
+                                "--end-image", "b.jpg", "--output", "tide.mp4")
+    assert rc == 0, output
+    [sent] = dashscope.requests_to("kf2v")
+    assert sent.json["model"] == "wan2.2-kf2v-flash"
+    assert dashscope.frame_fields == [["first_frame_url", "last_frame_url"]]
+    assert all(360 <= side <= 2000 for (w, h, _, _) in dashscope.images for side in (w, h))
+    assert_runs_from_start_to_end(tmp_path / "tide.mp4", start, end)
+
+
+@pytest.mark.timeout(120)
+async def test_generate_with_an_end_image_through_fal_flf2v(fal: FakeFal, tmp_path: Path) -> None:
+    start, end = picture(1280, 720, "start"), picture(1280, 720, "end")
+    (tmp_path / "a.jpg").write_bytes(start)
+    (tmp_path / "b.jpg").write_bytes(end)
+    env = subprocess_env(tmp_path, VIDEOBOT_BACKEND="fal", FAL_KEY=FAL_KEY, FAL_QUEUE_RUN_HOST=fal.host,
+                         SSL_CERT_FILE=str(fal.ca_path), VIDEOBOT_ALLOWED_HOSTS=fal.cdn_host,
+                         VIDEOBOT_I2V_MODEL=FLF2V, COLUMNS="160")
+    rc, output = await videobot(tmp_path, env, "generate", "a paper boat unfolds into a crane", "--image", "a.jpg",
+                                "--end-image", "b.jpg", "--output", "boat.mp4")
+    assert rc == 0, output
+    [submit] = fal.requests_to("submit")
+    assert submit.path == f"/{FLF2V}" and fal.frame_fields == [["start_image_url", "end_image_url"]]
+    assert_runs_from_start_to_end(tmp_path / "boat.mp4", start, end)
+
+
+@pytest.mark.timeout(120)
+async def test_generate_shots_multi_through_dashscope_wan26(dashscope: FakeDashScope, tmp_path: Path) -> None:
+    env = subprocess_env(tmp_path, VIDEOBOT_BACKEND="dashscope", DASHSCOPE_HTTP_BASE_URL=dashscope.base_url,
+                         DASHSCOPE_API_KEY=DASHSCOPE_KEY, VIDEOBOT_ALLOWED_HOSTS=dashscope.cdn_host, COLUMNS="160")
+    rc, output = await videobot(tmp_path, env, "generate", "Shot 1 a harbour at dawn. Shot 2 gulls over the pier.",
+                                "--shots", "multi", "--duration", "5", "--output", "multi.mp4")
+    assert rc == 0, output
+    [sent] = dashscope.requests_to("t2v")
+    assert sent.json["model"] == "wan2.6-t2v"
+    assert sent.json["parameters"]["shot_type"] == "multi" and sent.json["parameters"]["prompt_extend"] is True
