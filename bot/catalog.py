@@ -19,6 +19,7 @@ wan2.2-kf2v-flash      i2v    480p 720p 1080p        5 s           24    no     
 wanx2.1-kf2v-plus      i2v    720p                   5 s           24    no     yes          no
 fal-ai/wan-25-preview  both   480p 720p 1080p        5 or 10 s     24    yes    no           no
 fal-ai/wan/v2.2-a14b   both   480p 720p              5 s           16    no     no           no
+fal-ai/wan-flf2v       i2v    480p 720p              5 s           16    no     yes          no
 wan-video/wan-2.5-*    both   480p 720p 1080p        5 or 10 s     24    yes    no           no
 =====================  =====  =====================  ============  ====  =====  ===========  ==========
 
@@ -236,6 +237,9 @@ MODELS: dict[str, ModelSpec] = {
                   {"480p": 0.04, "720p": 0.08}),
         ModelSpec("fal-ai/wan/v2.2-a14b/image-to-video", _I2V, ("480p", "720p"), Durations.of(5), (16,), False,
                   {"480p": 0.04, "720p": 0.08}),
+        # Wan 2.1 FLF2V 14B: $0.20 (480p) / $0.40 (720p) a 5 s clip of 81 frames at 16 fps.
+        ModelSpec("fal-ai/wan-flf2v", _I2V, ("480p", "720p"), Durations.of(5), (16,), False,
+                  {"480p": 0.04, "720p": 0.08}, end_frame=True),
         # Replicate official models
         ModelSpec("wan-video/wan-2.5-t2v", _T2V, TIERS, Durations.of(5, 10), (24,), True, _WAN25_PRICE),
         ModelSpec("wan-video/wan-2.5-i2v", _I2V, TIERS, Durations.of(5, 10), (24,), True, _WAN25_PRICE,

@@ -23,3 +23,49 @@ def lavfi_clip(
         check=True,
     )
     return path
+
+
+def crossfade_clip(
+    path: Path, first: bytes, last: bytes, *, width: int, height: int, seconds: float, fps: int = 24,
+    tone_hz: int | None = None,
+) -> Path:
+    """An h264 mp4 that opens on the image ``first`` and closes on the image ``last``: a linear
+    crossfade between the two, each centre-cropped to ``width`` x ``height`` (even sides), over
+    ``seconds`` at ``fps``; ``tone_hz`` adds a sine sound track as long as the clip. This is what
+    the provider fakes return for first-and-last-frame requests, so a test can decode the
+    delivered clip and find its end image in the last frame."""
+    import io
+    import math
+    import struct
+    import tempfile
+    import wave
+
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    from bot.media import encode_frames
+
+    def pixels(data: bytes) -> np.ndarray:
+        with Image.open(io.BytesIO(data)) as image:
+            fitted = ImageOps.fit(image.convert("RGB"), (width, height), Image.Resampling.LANCZOS)
+        return np.asarray(fitted, dtype=np.float32)
+
+    start, end = pixels(first), pixels(last)
+    count = max(2, round(seconds * fps))
+    frames = (
+        (start + (end - start) * (i / (count - 1))).round().clip(0, 255).astype(np.uint8) for i in range(count)
+    )
+    if tone_hz is None:
+        return encode_frames(frames, path, width=width, height=height, fps=fps)
+    with tempfile.TemporaryDirectory() as folder:
+        sound = Path(folder) / "tone.wav"
+        rate = 16_000
+        with wave.open(str(sound), "wb") as out:
+            out.setnchannels(1)
+            out.setsampwidth(2)
+            out.setframerate(rate)
+            samples = int(rate * count / fps)
+            out.writeframes(b"".join(
+                struct.pack("<h", int(8000 * math.sin(2 * math.pi * tone_hz * n / rate))) for n in range(samples)
+            ))
+        return encode_frames(frames, path, width=width, height=height, fps=fps, audio=sound)

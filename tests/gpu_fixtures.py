@@ -30,8 +30,9 @@ from transformers import (
     UMT5EncoderModel,
 )
 
-TinyKind = Literal["t2v", "i2v", "ti2v", "a14b"]
-"""Wan2.1 T2V, Wan2.1 I2V (with a CLIP image encoder), Wan2.2 TI2V-5B, Wan2.2 A14B (two experts)."""
+TinyKind = Literal["t2v", "i2v", "flf2v", "ti2v", "a14b"]
+"""Wan2.1 T2V, Wan2.1 I2V (with a CLIP image encoder), Wan2.1 FLF2V (I2V whose image embedding
+takes two images), Wan2.2 TI2V-5B, Wan2.2 A14B (two experts)."""
 
 TEXT_DIM = 32
 _WORDS = [
@@ -66,7 +67,13 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def _transformer(in_channels: int, out_channels: int, image_dim: int | None = None) -> WanTransformer3DModel:
+_CLIP_TOKENS = (32 // 8) ** 2 + 1
+"""Tokens the tiny CLIP encoder yields per image (4x4 patches and a class token)."""
+
+
+def _transformer(
+    in_channels: int, out_channels: int, image_dim: int | None = None, pos_embed_seq_len: int | None = None
+) -> WanTransformer3DModel:
     return WanTransformer3DModel(
         patch_size=(1, 2, 2),
         num_attention_heads=2,
@@ -82,6 +89,7 @@ def _transformer(in_channels: int, out_channels: int, image_dim: int | None = No
         rope_max_seq_len=32,
         image_dim=image_dim,
         added_kv_proj_dim=16 if image_dim else None,
+        pos_embed_seq_len=pos_embed_seq_len,
     )
 
 
@@ -155,7 +163,9 @@ def build_tiny_wan(path: Path, kind: TinyKind = "t2v") -> Path:
             pipe = WanImageToVideoPipeline(
                 **common,
                 vae=vae,
-                transformer=_transformer(36, 16, image_dim=16),
+                transformer=_transformer(
+                    36, 16, image_dim=16, pos_embed_seq_len=2 * _CLIP_TOKENS if kind == "flf2v" else None
+                ),
                 image_encoder=image_encoder,
                 image_processor=CLIPImageProcessor(crop_size=32, size=32),
             )

@@ -1,7 +1,8 @@
 """``DashScopeBackend``: Wan's own API on Alibaba Cloud Model Studio (DashScope).
 
     POST {base}/services/aigc/video-generation/video-synthesis   t2v and i2v (X-DashScope-Async: enable)
-    POST {base}/services/aigc/image2video/video-synthesis        first/last-frame models (``*kf2v*``)
+    POST {base}/services/aigc/image2video/video-synthesis        first/last-frame models (``*kf2v*``):
+         input.first_frame_url, input.last_frame_url (URLs or data URIs)
          -> {"output": {"task_id", "task_status": "PENDING"}, "request_id"}
     GET  {base}/tasks/{task_id}
          -> {"output": {"task_id", "task_status", "video_url" | "code", "message"}, "usage", "request_id"}
@@ -14,6 +15,13 @@ Errors come as ``{"code", "message", "request_id"}``. ``{base}`` is the region's
 ``https://dashscope.aliyuncs.com/api/v1`` (China, Beijing); key, model and host must all belong to
 one region. Retries, ``Retry-After``, key hygiene and bounded downloads are ``ProviderClient``'s;
 this module holds DashScope's paths, bodies and words.
+
+End frames go to the first-and-last-frame models, ``wan2.2-kf2v-flash`` (480P/720P/1080P) and
+``wanx2.1-kf2v-plus`` (720P), each image a data URI fitted to ``IMAGE_RULES`` (Model Studio's
+"first-and-last-frame to video" API reference: ``input.first_frame_url``, ``input.last_frame_url``;
+the clip takes the first frame's shape, the last frame is cropped to it). Multi-shot is Wan 2.6's
+``parameters.shot_type: "multi"``, which DashScope honours only with ``prompt_extend: true`` (the
+rewrite is what splits the prompt into shots), so ``--shots multi`` sends both.
 """
 
 from __future__ import annotations
@@ -43,6 +51,8 @@ _log = logging.getLogger(__name__)
 DEFAULT_BASE_URL = "https://dashscope-intl.aliyuncs.com/api/v1"
 DEFAULT_T2V_MODEL = "wan2.6-t2v"
 DEFAULT_I2V_MODEL = "wan2.6-i2v"
+DEFAULT_END_FRAME_MODEL = "wan2.2-kf2v-flash"
+"""Where an end frame goes when the image-to-video model takes none: the cheapest kf2v model."""
 DEFAULT_CONCURRENCY = 2
 """DashScope runs two tasks at once per model and account by default; more stay PENDING."""
 
@@ -92,6 +102,7 @@ class DashScopeBackend:
         *,
         t2v_model: str = DEFAULT_T2V_MODEL,
         i2v_model: str = DEFAULT_I2V_MODEL,
+        end_frame_model: str = DEFAULT_END_FRAME_MODEL,
         name: str = "dashscope",
         label: str | None = None,
         max_concurrency: int = DEFAULT_CONCURRENCY,
@@ -109,6 +120,11 @@ class DashScopeBackend:
         self.max_concurrency = max_concurrency
         self.max_segment_s = t2v.max_segment_s
         self.models: dict[Mode, ModelSpec] = {Mode.TEXT_TO_VIDEO: t2v, Mode.IMAGE_TO_VIDEO: i2v}
+        self.end_frame_model: ModelSpec = i2v if i2v.end_frame else _model_for(end_frame_model, Mode.IMAGE_TO_VIDEO)
+        """The model a request with an end frame is made on: the image-to-video model when it
+        takes one, else ``end_frame_model`` (a ``kf2v`` model)."""
+        if not self.end_frame_model.end_frame:
+            raise ConfigurationError(f"{end_frame_model!r} takes no end frame; use wan2.2-kf2v-flash or wanx2.1-kf2v-plus.")
         self.prompt_extend = prompt_extend
         self._client = ProviderClient(
             base_url,
@@ -161,30 +177,33 @@ class DashScopeBackend:
         ``parameters.resolution`` (``"720P"``) and the image as an ``img_url`` data URI (the clip
         keeps the image's shape), after fitting it to ``IMAGE_RULES``. ``duration``, ``seed``,
         ``prompt_extend`` and ``watermark: false`` always go; ``audio`` only to models that make
-        sound (``False`` for ``--silent``).
+        sound (``False`` for ``--silent``). An end frame makes it a ``kf2v`` call: the images go
+        as ``first_frame_url`` then ``last_frame_url``. ``shots="multi"`` adds ``shot_type`` and
+        forces ``prompt_extend`` on (Wan 2.6 only; elsewhere refused before anything is sent).
 
         A submit that timed out may still have started a task; the retry can, rarely, start
         (and bill) a second one, since DashScope offers no idempotency key.
         """
         model = self._model(spec)
         keyframes = "kf2v" in model.name
+        multi_shot = spec.shots == "multi"
+        if multi_shot and not model.multi_shot:
+            raise BackendError(f"{model.name} makes one shot per clip; --shots multi needs Wan 2.6.", retryable=False)
         body_input: dict[str, Any] = {"prompt": spec.prompt}
         if spec.negative_prompt:
             body_input["negative_prompt"] = spec.negative_prompt
         parameters: dict[str, Any] = {"duration": spec.duration_s}
         if spec.image is not None:
-            if not spec.image_mime:
-                raise BackendError("The image has no known type; attach a PNG or JPEG.")
-            try:
-                data, mime = await asyncio.to_thread(fit_image, spec.image, spec.image_mime, IMAGE_RULES)
-            except InvalidRequest as refused:  # a banner-shaped image cannot meet 360–2000 px a side
-                raise BackendError(str(refused)) from refused
-            encoded = f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
-            body_input["first_frame_url" if keyframes else "img_url"] = encoded
+            first = await _data_uri(spec.image, spec.image_mime)
+            body_input["first_frame_url" if keyframes else "img_url"] = first
+            if spec.end_image is not None:
+                body_input["last_frame_url"] = await _data_uri(spec.end_image, spec.end_image_mime)
             parameters["resolution"] = spec.tier.upper()
         else:
             parameters["size"] = f"{spec.width}*{spec.height}"
-        parameters["prompt_extend"] = self.prompt_extend
+        parameters["prompt_extend"] = self.prompt_extend or multi_shot
+        if multi_shot:
+            parameters["shot_type"] = "multi"
         parameters["watermark"] = False
         parameters["seed"] = spec.seed % 2**31
         if model.audio:
@@ -253,9 +272,16 @@ class DashScopeBackend:
         await self._client.aclose()
 
     def _model(self, spec: GenerationSpec) -> ModelSpec:
+        """The model named by the spec, else the mode's; an end frame needs a ``kf2v`` model."""
         model = self.models[spec.mode]
         if spec.model and spec.model != model.name:
-            return _model_for(spec.model, spec.mode)
+            model = _model_for(spec.model, spec.mode)
+        if spec.end_image is not None and not model.end_frame:
+            if spec.model and spec.model != self.models[spec.mode].name:
+                raise BackendError(f"{model.name} takes no end frame.", retryable=False)
+            model = self.end_frame_model
+        if spec.end_image is not None and spec.image is None:
+            raise BackendError("An end frame needs a start image too.", retryable=False)
         return model
 
     def _task_url(self, task_id: str, suffix: str = "") -> httpx.URL:
@@ -304,6 +330,17 @@ def _model_for(name: str, mode: Mode) -> ModelSpec:
         setting = "VIDEOBOT_T2V_MODEL" if mode is Mode.TEXT_TO_VIDEO else "VIDEOBOT_I2V_MODEL"
         raise ConfigurationError(f"{setting}={name!r} cannot make {'text' if mode is Mode.TEXT_TO_VIDEO else 'image'}-to-video.")
     return spec
+
+
+async def _data_uri(image: bytes, mime: str | None) -> str:
+    """``image`` fitted to ``IMAGE_RULES`` (off the event loop) as a base64 data URI."""
+    if not mime:
+        raise BackendError("The image has no known type; attach a PNG or JPEG.")
+    try:
+        data, fitted = await asyncio.to_thread(fit_image, image, mime, IMAGE_RULES)
+    except InvalidRequest as refused:  # a banner-shaped image cannot meet 360–2000 px a side
+        raise BackendError(str(refused)) from refused
+    return f"data:{fitted};base64,{base64.b64encode(data).decode('ascii')}"
 
 
 def _task_failure(status: str, output: dict[str, Any]) -> str:

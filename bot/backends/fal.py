@@ -21,6 +21,13 @@ refused rather than followed. The host is always reached over https; the CA bund
 
 wan-25 on fal always makes sound and has no switch for it: ``--silent`` is honoured by the
 runner, which strips the track after download, so no unknown field is ever sent.
+
+End frames go to ``fal-ai/wan-flf2v``, fal's Wan 2.1 first-last-frame-to-video endpoint
+(https://fal.ai/models/fal-ai/wan-flf2v/api and its ``llms.txt`` schema): the first image as
+``start_image_url``, the last as ``end_image_url`` (both data URIs fitted to ``IMAGE_RULES``),
+``num_frames`` (81–100) at ``frames_per_second`` (16), ``resolution`` 480p or 720p and
+``aspect_ratio: "auto"`` (the clip follows the start image). fal's Wan 2.5 takes no end frame and
+no multi-shot switch, so ``--shots multi`` is refused here rather than silently ignored.
 """
 
 from __future__ import annotations
@@ -44,13 +51,15 @@ from bot.images import ImageRules, fit_image
 from bot.models import GenerationSpec, Mode, TaskState, TaskStatus
 from bot.settings import Settings
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_I2V_MODEL", "DEFAULT_T2V_MODEL", "FalBackend"]
+__all__ = ["DEFAULT_END_FRAME_MODEL", "DEFAULT_HOST", "DEFAULT_I2V_MODEL", "DEFAULT_T2V_MODEL", "FalBackend"]
 
 _log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "queue.fal.run"
 DEFAULT_T2V_MODEL = "fal-ai/wan-25-preview/text-to-video"
 DEFAULT_I2V_MODEL = "fal-ai/wan-25-preview/image-to-video"
+DEFAULT_END_FRAME_MODEL = "fal-ai/wan-flf2v"
+_FLF2V = "fal-ai/wan-flf2v"
 
 # Wan's image-to-video takes first frames of 360–2000 px a side (fal's and Alibaba's model
 # pages); 10 MB keeps the base64 data URI within a sane JSON body.
@@ -102,6 +111,7 @@ class FalBackend:
         host: str = DEFAULT_HOST,
         t2v_model: str = DEFAULT_T2V_MODEL,
         i2v_model: str = DEFAULT_I2V_MODEL,
+        end_frame_model: str = DEFAULT_END_FRAME_MODEL,
         name: str = "fal",
         label: str | None = None,
         max_concurrency: int = 4,
@@ -123,6 +133,12 @@ class FalBackend:
         for mode, spec in self.models.items():
             if mode not in spec.modes:
                 raise ConfigurationError(f"{spec.name} is not a {mode.value} model; set the fal models the other way round.")
+        i2v = self.models[Mode.IMAGE_TO_VIDEO]
+        self.end_frame_model: ModelSpec = i2v if i2v.end_frame else model_spec(end_frame_model)
+        """The endpoint a request with an end frame goes to: the image-to-video one when it takes
+        an end frame, else ``end_frame_model`` (``fal-ai/wan-flf2v``)."""
+        if not self.end_frame_model.end_frame:
+            raise ConfigurationError(f"{end_frame_model!r} takes no end frame on fal; use {_FLF2V}.")
         self.label = label or _family(t2v_model)
         self.max_concurrency = max_concurrency
         self.max_segment_s = max(spec.max_segment_s for spec in self.models.values())
@@ -173,7 +189,7 @@ class FalBackend:
         as ``image_url``, here a data URI of the image fitted to ``IMAGE_RULES``. Wan 2.2 A14B
         counts frames instead (``num_frames`` at ``frames_per_second``).
         """
-        model = self.models[spec.mode]
+        model = self._model(spec)
         body = await self._input(model.name, spec)
         data = await self._client.send_json("POST", self._client.url(model.name), json=body)
         request_id = data.get("request_id")
@@ -240,10 +256,31 @@ class FalBackend:
     async def aclose(self) -> None:
         await self._client.aclose()
 
+    def _model(self, spec: GenerationSpec) -> ModelSpec:
+        """The mode's endpoint, or the end-frame one when the spec carries an end frame."""
+        if spec.shots == "multi":
+            raise BackendError("fal.ai's Wan makes one shot per clip; --shots multi needs Wan 2.6 on DashScope.")
+        if spec.end_image is None:
+            model = self.models[spec.mode]
+            if model.name == _FLF2V:
+                raise BackendError(f"{_FLF2V} needs an end image as well as a start image; attach both (or use --loop).")
+            return model
+        if spec.image is None:
+            raise BackendError("An end frame needs a start image too.")
+        return self.end_frame_model
+
     async def _input(self, endpoint: str, spec: GenerationSpec) -> dict[str, Any]:
         body: dict[str, Any] = {"prompt": spec.prompt, "seed": spec.seed, "resolution": spec.tier}
         if spec.negative_prompt:
             body["negative_prompt"] = spec.negative_prompt
+        if endpoint == _FLF2V:
+            body["num_frames"] = spec.duration_s * spec.fps + 1
+            body["frames_per_second"] = spec.fps
+            body["aspect_ratio"] = "auto"
+            body["start_image_url"] = await _data_uri(spec.image, spec.image_mime)
+            if spec.end_image is not None:
+                body["end_image_url"] = await _data_uri(spec.end_image, spec.end_image_mime)
+            return body
         if endpoint.startswith("fal-ai/wan/v2.2-a14b/"):
             body["num_frames"] = spec.duration_s * spec.fps + 1
             body["frames_per_second"] = spec.fps
@@ -253,10 +290,7 @@ class FalBackend:
             if spec.image is None:
                 body["aspect_ratio"] = _aspect(spec.width, spec.height)
         if spec.image is not None:
-            if not spec.image_mime:
-                raise BackendError("The image has no known type; attach a PNG or JPEG.")
-            data, mime = await asyncio.to_thread(fit_image, spec.image, spec.image_mime, IMAGE_RULES)
-            body["image_url"] = f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+            body["image_url"] = await _data_uri(spec.image, spec.image_mime)
         return body
 
     def _on_host(self, url: str) -> httpx.URL:
@@ -304,6 +338,14 @@ class FalBackend:
         if reason:
             return BackendError(f"fal.ai refused the request: {self._client.scrub(reason)}", status_code=status)
         return BackendError(f"fal.ai refused the request (HTTP {status}).", status_code=status)
+
+
+async def _data_uri(image: bytes | None, mime: str | None) -> str:
+    """``image`` fitted to ``IMAGE_RULES`` (off the event loop) as a base64 data URI."""
+    if image is None or not mime:
+        raise BackendError("The image has no known type; attach a PNG or JPEG.")
+    data, fitted = await asyncio.to_thread(fit_image, image, mime, IMAGE_RULES)
+    return f"data:{fitted};base64,{base64.b64encode(data).decode('ascii')}"
 
 
 def _detail(data: object) -> str | None:

@@ -15,7 +15,7 @@ import logging
 import re
 import shutil
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from bot.errors import BackendError, VideobotError
@@ -60,7 +60,8 @@ class DiffusersBackend:
         family = generator.model.family
         self.label = f"{family.label} (local GPU, {generator.model.options.preset.value})"
         self.max_segment_s = family.segment_s
-        own = own_generator(self.label, family.segment_s)
+        # The family decides whether an end frame can be honoured (specs' table), not the port.
+        own = replace(own_generator(self.label, family.segment_s), end_frame=family.end_frame)
         self.models = {Mode.TEXT_TO_VIDEO: own, Mode.IMAGE_TO_VIDEO: own}
         self._tasks: dict[str, _Task] = {}
 

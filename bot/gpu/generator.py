@@ -47,6 +47,7 @@ class _Stopped(Exception):
 class _Job:
     plan: SamplingPlan
     image: bytes | None
+    end_image: bytes | None
     stop: threading.Event
     on_progress: ProgressCallback
 
@@ -80,8 +81,9 @@ class DiffusersGenerator:
 
     def validate(self, spec: GenerationSpec) -> None:
         self.plan(spec)
-        if spec.image is not None:
-            _open_image(spec.image).close()  # the header only: validate runs on the event loop
+        for image in (spec.image, spec.end_image):
+            if image is not None:
+                _open_image(image).close()  # the header only: validate runs on the event loop
 
     async def generate(
         self,
@@ -90,7 +92,13 @@ class DiffusersGenerator:
         on_progress: ProgressCallback,
         cancel: asyncio.Event,
     ) -> None:
-        job = _Job(plan=self.plan(spec), image=spec.image, stop=threading.Event(), on_progress=on_progress)
+        job = _Job(
+            plan=self.plan(spec),
+            image=spec.image,
+            end_image=spec.end_image,
+            stop=threading.Event(),
+            on_progress=on_progress,
+        )
         plan = job.plan
         with self._count_lock:
             self._waiting += 1
@@ -123,6 +131,7 @@ class DiffusersGenerator:
             "family": model.family.label,
             "modes": sorted(mode.value for mode in model.family.modes),
             "fps": model.family.fps,
+            "end_frame": model.family.end_frame,
             "preset": model.options.preset.value,
             "device": str(model.device),
             "gpu": torch.cuda.get_device_name(model.device) if model.device.type == "cuda" else None,
@@ -172,6 +181,8 @@ class DiffusersGenerator:
         kwargs: dict[str, Any] = {}
         if job.image is not None:
             kwargs["image"] = _fit_image(_open_image(job.image), plan.gen_width, plan.gen_height)
+        if job.end_image is not None:
+            kwargs["last_image"] = _fit_image(_open_image(job.end_image), plan.gen_width, plan.gen_height)
         if plan.guidance_scale_2 is not None:
             kwargs["guidance_scale_2"] = plan.guidance_scale_2
         try:

@@ -32,6 +32,11 @@ motion_strength (0..1)    image-to-video only: scales the sampler's flow shift b
                           from the still image). Wan has no motion input, so this is the
                           closest honest knob.
 negative_prompt           passed through; empty means a short default list of artefacts.
+end_image                 the clip's last frame: passed to ``WanImageToVideoPipeline`` as
+                          ``last_image`` (centre-cropped and resized like the first), on the
+                          families whose "end frame" column says yes; elsewhere refused, since
+                          the pipeline would drop it (TI2V-5B) or fail (plain Wan2.1 I2V).
+shots                     only ``single``: no open Wan checkpoint cuts between shots.
 quality (standard / hq)   not read here. Through a worker, the http backend already sends hq
                           as 50 steps and guidance 7.5, which the quality preset honours. A
                           fast worker serves every job fast: its fused distillation LoRA
@@ -40,14 +45,21 @@ quality (standard / hq)   not read here. Through a worker, the http backend alre
 
 Per model family (defaults of the quality preset, from the published Wan configs):
 
-================  =========  ====  =====  =======  ================  =====================
-family            modes      fps   grid   steps    guidance          flow shift
-================  =========  ====  =====  =======  ================  =====================
-Wan2.1 1.3B/14B   t2v | i2v  16    16     50       5.0               3.0 at <=480p, else 5.0
-Wan2.2 TI2V-5B    t2v + i2v  24    32     50       5.0               5.0
-Wan2.2 T2V-A14B   t2v        16    16     40       4.0 / 3.0 (2nd)   12.0
-Wan2.2 I2V-A14B   i2v        16    16     40       3.5 / 3.5 (2nd)   5.0
-================  =========  ====  =====  =======  ================  =====================
+================  =========  ====  =====  =======  ================  =======================  =========
+family            modes      fps   grid   steps    guidance          flow shift               end frame
+================  =========  ====  =====  =======  ================  =======================  =========
+Wan2.1 1.3B/14B   t2v | i2v  16    16     50       5.0               3.0 at <=480p, else 5.0  no
+Wan2.1 FLF2V 14B  i2v        16    16     50       5.0               3.0 at <=480p, else 5.0  yes
+Wan2.2 TI2V-5B    t2v + i2v  24    32     50       5.0               5.0                      no
+Wan2.2 T2V-A14B   t2v        16    16     40       4.0 / 3.0 (2nd)   12.0                     no
+Wan2.2 I2V-A14B   i2v        16    16     40       3.5 / 3.5 (2nd)   5.0                      yes
+================  =========  ====  =====  =======  ================  =======================  =========
+
+Wan2.1 FLF2V (``Wan-AI/Wan2.1-FLF2V-14B-720P-diffusers``) is a Wan2.1 I2V whose image embedding
+has a position table for two images (``pos_embed_seq_len`` in its transformer config): it
+encodes the first and last frames with CLIP together. Wan2.2 I2V-A14B takes no CLIP embedding;
+its VAE condition holds the last frame as it holds the first (diffusers' ``last_image``; the
+first-last-frame workflows of ComfyUI and fal's Wan 2.2 run it so).
 """
 
 from __future__ import annotations
@@ -97,6 +109,8 @@ class WanFamily:
     guidance_2: float | None
     shift_480p: float
     shift_720p: float
+    end_frame: bool = False
+    """True when the pipeline honours ``last_image`` (see the module table)."""
 
     @property
     def two_experts(self) -> bool:
@@ -151,6 +165,7 @@ def detect_family(
                 guidance_2=3.5,
                 shift_480p=5.0,
                 shift_720p=5.0,
+                end_frame=True,
             )
         return WanFamily(
             label=f"Wan2.2 T2V A{size}",
@@ -165,8 +180,9 @@ def detect_family(
             shift_720p=12.0,
         )
     mode = Mode.IMAGE_TO_VIDEO if image_channels else Mode.TEXT_TO_VIDEO
+    two_images = image_channels and transformer.get("pos_embed_seq_len") is not None
     return WanFamily(
-        label=f"Wan2.1 {mode.value.upper()} {size}",
+        label=f"Wan2.1 {'FLF2V' if two_images else mode.value.upper()} {size}",
         modes=frozenset({mode}),
         fps=16,
         grid=grid,
@@ -176,6 +192,7 @@ def detect_family(
         guidance_2=None,
         shift_480p=3.0,
         shift_720p=5.0,
+        end_frame=two_images,
     )
 
 
@@ -197,6 +214,8 @@ class SamplingPlan:
     guidance_scale_2: float | None
     flow_shift: float
     seed: int
+    end_frame: bool = False
+    """True: the clip ends on the spec's ``end_image`` (passed as ``last_image``)."""
 
     @property
     def duration_s(self) -> float:
@@ -208,6 +227,8 @@ def plan_generation(
 ) -> SamplingPlan:
     """Fit ``spec`` to ``family`` as the module table says; ``InvalidRequest`` names what cannot fit."""
     mode = spec.mode
+    if spec.end_image is not None and spec.image is None:
+        raise InvalidRequest("An end frame needs a start image too; attach both.")
     if mode not in family.modes:
         if mode is Mode.IMAGE_TO_VIDEO:
             raise InvalidRequest(
@@ -216,6 +237,12 @@ def plan_generation(
         raise InvalidRequest(f"This model ({family.label}) animates an image; attach one to your prompt.")
     if not spec.prompt.strip():
         raise InvalidRequest("The prompt is empty; describe the video you want.")
+    if spec.end_image is not None and not family.end_frame:
+        raise InvalidRequest(
+            f"This model ({family.label}) cannot end on a given frame; Wan2.1 FLF2V or Wan2.2 I2V-A14B can."
+        )
+    if spec.shots != "single":
+        raise InvalidRequest(f"This model ({family.label}) makes one shot per clip.")
     if not 1 <= spec.duration_s <= MAX_DURATION_S:
         raise InvalidRequest(
             f"Duration must be between 1 and {MAX_DURATION_S} seconds (got {spec.duration_s})."
@@ -264,6 +291,7 @@ def plan_generation(
         guidance_scale_2=guidance_2,
         flow_shift=shift,
         seed=spec.seed,
+        end_frame=spec.end_image is not None,
     )
 
 

@@ -12,6 +12,14 @@ what DashScope does, not against what the backend expects:
   ``"W*H"`` among the model's sizes, image-to-video's ``parameters.resolution`` among its tiers,
   ``duration`` among its lengths (wan2.5 only 5 or 10), ``img_url`` a data URI of a JPEG, PNG,
   WEBP or BMP of 360–2000 px a side and at most 10 MB (its size is recorded);
+- the ``kf2v`` models need ``input.first_frame_url`` and take ``input.last_frame_url`` (same
+  rules); ``last_frame_url`` anywhere else is refused. Given both, the clip *honours the frames*:
+  it opens on the first image and ends on the last, a crossfade at the output size (the first
+  image's shape; the last is centre-cropped to it), so a test finds its end image in the last
+  decoded frame. The input fields' names, in the order received, are kept in ``frame_fields``;
+- ``parameters.shot_type`` (``"single"`` / ``"multi"``) only on the multi-shot models (Wan
+  2.6), and ``"multi"`` only with ``prompt_extend: true`` (DashScope splits shots while
+  rewriting the prompt); otherwise 400 ``InvalidParameter``;
   refusals are 400 ``{code, message, request_id}``;
 - tasks go PENDING → RUNNING → SUCCEEDED one poll at a time (``busy`` keeps them PENDING,
   ``hold`` keeps them RUNNING);
@@ -51,7 +59,7 @@ from PIL import Image
 from bot import outbound
 from bot.catalog import MODELS, TIER_SIZES
 from bot.models import Mode
-from tests.clips import lavfi_clip
+from tests.clips import crossfade_clip, lavfi_clip
 
 Route = Literal["t2v", "i2v", "kf2v", "poll", "cancel", "video"]
 
@@ -99,6 +107,8 @@ class Task:
     polls: int = 0
     failure: tuple[str, str] | None = None
     image_size: tuple[int, int] | None = None
+    frames: tuple[bytes, bytes] | None = None
+    """The first and last images as received, for a first-and-last-frame task."""
 
 
 class FakeDashScope:
@@ -119,6 +129,8 @@ class FakeDashScope:
         """Accepted submits per prompt."""
         self.images: list[tuple[int, int, int, str]] = []
         """Each received image: width, height, bytes, mime."""
+        self.frame_fields: list[list[str]] = []
+        """Per accepted image submit, the names of its ``input`` image fields in the order sent."""
         self._queues: dict[Route, deque[Reply]] = {}
         self._failures: deque[tuple[str, str]] = deque()
         self._clips: dict[tuple[int, int, int, bool], Path] = {}
@@ -247,6 +259,15 @@ class FakeDashScope:
                           f"{model.durations.describe()}, got {duration!r}")
         image_key = "first_frame_url" if keyframes else "img_url"
         image_size: tuple[int, int] | None = None
+        frames: tuple[bytes, bytes] | None = None
+        if "last_frame_url" in inputs and not keyframes:
+            return _error(400, "InvalidParameter", f"{name} does not take last_frame_url; use a kf2v model")
+        shot_type = parameters.get("shot_type")
+        if shot_type is not None:
+            if shot_type not in ("single", "multi") or not model.multi_shot:
+                return _error(400, "InvalidParameter", f"The shot_type parameter is invalid for {name}: {shot_type!r}")
+            if shot_type == "multi" and parameters.get("prompt_extend", True) is not True:
+                return _error(400, "InvalidParameter", "shot_type multi requires prompt_extend to be true")
         if Mode.IMAGE_TO_VIDEO in model.modes:
             if "size" in parameters:
                 return _error(400, "InvalidParameter", "size is not supported for image-to-video; use resolution")
@@ -257,6 +278,12 @@ class FakeDashScope:
             if isinstance(checked, web.Response):
                 return checked
             image_size = checked
+            if "last_frame_url" in inputs:
+                last = self._image(inputs.get("last_frame_url"))
+                if isinstance(last, web.Response):
+                    return last
+                frames = (_decoded(inputs[image_key]), _decoded(inputs["last_frame_url"]))
+            self.frame_fields.append([key for key in inputs if key.endswith("_url")])
             width, height = _following(image_size, tier.lower())
         else:
             if "resolution" in parameters or image_key in inputs:
@@ -267,7 +294,8 @@ class FakeDashScope:
                 return _error(400, "InvalidParameter", f"The size parameter is invalid: {size!r}")
             width, height = (int(v) for v in size.split("*"))
         audio = model.audio and parameters.get("audio", True) is not False
-        task = Task(uuid.uuid4().hex, name, prompt, width, height, duration, audio, image_size=image_size)
+        task = Task(uuid.uuid4().hex, name, prompt, width, height, duration, audio, image_size=image_size,
+                    frames=frames)
         if self._failures:
             task.failure = self._failures.popleft()
         self.tasks[task.id] = task
@@ -350,6 +378,15 @@ class FakeDashScope:
     async def _clip(self, task: Task) -> Path:
         width = max(2, task.width // self.shrink // 2 * 2)
         height = max(2, task.height // self.shrink // 2 * 2)
+        if task.frames is not None:
+            path = self.clips_dir / f"kf2v-{task.id}.mp4"
+            if not path.exists():
+                self.clips_dir.mkdir(parents=True, exist_ok=True)
+                await asyncio.to_thread(
+                    crossfade_clip, path, *task.frames, width=width, height=height, seconds=task.duration,
+                    tone_hz=440 if task.audio else None,
+                )
+            return path
         key = (width, height, task.duration, task.audio)
         async with self._clip_lock:
             if key not in self._clips:
@@ -371,6 +408,10 @@ def _following(image: tuple[int, int], tier: str) -> tuple[int, int]:
     ratio = image[0] / image[1]
     height = (area / ratio) ** 0.5
     return int(height * ratio) // 2 * 2, int(height) // 2 * 2
+
+
+def _decoded(data_uri: str) -> bytes:
+    return base64.b64decode(data_uri.split(";base64,", 1)[1])
 
 
 def _error(status: int, code: str, message: str) -> web.Response:

@@ -16,7 +16,13 @@ its Python client, so ``FalBackend`` is tested over real TLS and real HTTP:
 - ``PUT cancel_url`` answers 202 ``CANCELLATION_REQUESTED`` while queued, 400 after;
 - the clip comes from a second origin standing for fal.media, on an expiring URL, made by
   ffmpeg as long as asked, with a sound track from wan-25 (it always makes sound) and without
-  one from Wan 2.2.
+  one from Wan 2.2;
+- ``fal-ai/wan-flf2v`` (Wan 2.1 first-last-frame) needs ``start_image_url`` and
+  ``end_image_url`` (sides 360–2000 px), ``num_frames`` 81–100, ``frames_per_second`` 5–24,
+  resolution 480p/720p; its clip *honours the frames*: a crossfade from the start image to the
+  end image at the tier's size in the start image's shape (divided by 8), silent, so a test
+  finds the end image in the last decoded frame. The image fields' names, in the order
+  received, are kept per request in ``frame_fields``.
 
 Any route can be scripted ahead of these rules (``queue("status", Reply(429, ...))``), and the
 fake counts submits per prompt, decodes images people sent, and records every request.
@@ -43,7 +49,7 @@ from multidict import CIMultiDict
 from PIL import Image
 
 from bot import outbound
-from tests.clips import lavfi_clip
+from tests.clips import crossfade_clip, lavfi_clip
 from tests.fakes.provider import Reply
 
 Route = Literal["submit", "status", "result", "cancel", "video"]
@@ -62,7 +68,12 @@ _A14B = {"prompt", "negative_prompt", "seed", "resolution", "aspect_ratio", "num
          "shift", "video_quality"}
 _FIELDS = {T2V: _COMMON | {"aspect_ratio"}, I2V: _COMMON | {"image_url"}, A14B_T2V: _A14B,
            A14B_I2V: _A14B | {"image_url"}}
+FLF2V = "fal-ai/wan-flf2v"
+_FIELDS[FLF2V] = {"prompt", "negative_prompt", "start_image_url", "end_image_url", "num_frames", "frames_per_second",
+                  "seed", "resolution", "num_inference_steps", "guide_scale", "shift", "enable_safety_checker",
+                  "enable_prompt_expansion", "acceleration", "aspect_ratio"}
 _IMAGE_ENDPOINTS = (I2V, A14B_I2V)
+_TIER_AREA = {"480p": 832 * 480, "580p": 1024 * 576, "720p": 1280 * 720}
 
 
 @dataclass(frozen=True)
@@ -90,6 +101,10 @@ class FalRequest:
     image_size: tuple[int, int] | None = None
     image_bytes: int = 0
     refusal: list[dict[str, Any]] = field(default_factory=list)
+    frames: tuple[bytes, bytes] | None = None
+    """The decoded start and end images of a first-last-frame request."""
+    images: list[tuple[int, int]] = field(default_factory=list)
+    """Each image's size, in the order its field came."""
 
 
 class FakeFal:
@@ -112,6 +127,8 @@ class FakeFal:
         self.requests: list[Recorded] = []
         self.tasks: dict[str, FalRequest] = {}
         self.submits: Counter[str] = Counter()
+        self.frame_fields: list[list[str]] = []
+        """Per submit, the names of its image fields in the order sent."""
         self.ca = trustme.CA()
         self.ca_path = folder / "fal-ca.pem"
         self._queues: dict[Route, deque[Reply]] = {}
@@ -232,6 +249,7 @@ class FakeFal:
         task = FalRequest(str(uuid.uuid4()), endpoint, app, body)
         self.tasks[task.id] = task
         self.submits[str(body.get("prompt", ""))] += 1
+        self.frame_fields.append([key for key in body if key.endswith("image_url")])
         task.refusal = self._validate(task)
         for marker, error in self.fail_prompts.items():
             if marker in str(body.get("prompt", "")):
@@ -288,7 +306,7 @@ class FakeFal:
             return web.json_response({"detail": task.error}, status=500, headers={"X-Fal-Error-Type": "runner_error"})
         if task.refusal:
             return web.json_response({"detail": task.refusal}, status=422)
-        size = len(await self._clip(*self._made(task)))
+        size = len(await self._task_clip(task))
         expires = int(time.time() + self.url_ttl_s)
         url = f"{self.cdn_origin}/files/{task.id}/output.mp4?expires={expires}"
         return web.json_response({"video": {"url": url, "content_type": "video/mp4", "file_name": "output.mp4",
@@ -312,7 +330,7 @@ class FakeFal:
         task = self.tasks.get(request.match_info["token"])
         if task is None:
             return web.Response(status=404, text="Not Found")
-        return web.Response(body=await self._clip(*self._made(task)), content_type="video/mp4")
+        return web.Response(body=await self._task_clip(task), content_type="video/mp4")
 
     # -- the model -----------------------------------------------------------------------------
 
@@ -331,7 +349,27 @@ class FakeFal:
             refuse("prompt", "Field required", "missing")
         elif len(prompt) > 800:
             refuse("prompt", "String should have at most 800 characters", "string_too_long")
-        if task.endpoint in (T2V, I2V):
+        if task.endpoint == FLF2V:
+            if not 81 <= int(body.get("num_frames", 81)) <= 100:
+                refuse("num_frames", "Input should be between 81 and 100", "less_than_equal")
+            if not 5 <= int(body.get("frames_per_second", 16)) <= 24:
+                refuse("frames_per_second", "Input should be between 5 and 24", "less_than_equal")
+            if body.get("resolution", "720p") not in ("480p", "720p"):
+                refuse("resolution", "Input should be '480p' or '720p'", "enum")
+            if body.get("aspect_ratio", "auto") not in ("auto", "16:9", "9:16", "1:1"):
+                refuse("aspect_ratio", "Input should be 'auto', '16:9', '9:16' or '1:1'", "enum")
+            decoded: list[bytes] = []
+            for name in ("start_image_url", "end_image_url"):
+                problem = self._image(task, body.get(name))
+                if problem:
+                    refuse(name, problem, "value_error")
+                else:
+                    task.images.append(task.image_size or (0, 0))
+                    decoded.append(base64.b64decode(str(body[name]).split(";base64,", 1)[1]))
+            if len(decoded) == 2:
+                task.frames = (decoded[0], decoded[1])
+                task.image_size = task.images[0]
+        elif task.endpoint in (T2V, I2V):
             if body.get("duration", "5") not in ("5", "10"):
                 refuse("duration", "Input should be '5' or '10'", "enum")
             if body.get("resolution", "1080p") not in ("480p", "720p", "1080p"):
@@ -374,6 +412,22 @@ class FakeFal:
         if task.endpoint in (T2V, I2V):
             return float(task.input.get("duration", "5")), True
         return int(task.input.get("num_frames", 81)) / int(task.input.get("frames_per_second", 16)), False
+
+    async def _task_clip(self, task: FalRequest) -> bytes:
+        """The request's clip: a crossfade between its frames (first-last-frame), else the stock one."""
+        if task.frames is None:
+            return await self._clip(*self._made(task))
+        path = self.folder / f"fal-flf2v-{task.id}.mp4"
+        if not path.exists():
+            width, height = task.image_size or (16, 9)
+            area = _TIER_AREA.get(str(task.input.get("resolution", "720p")), _TIER_AREA["720p"])
+            out_h = (area / (width / height)) ** 0.5
+            out_w = out_h * width / height
+            seconds, _ = self._made(task)
+            fps = int(task.input.get("frames_per_second", 16))
+            await asyncio.to_thread(crossfade_clip, path, *task.frames, width=max(2, int(out_w) // 8 // 2 * 2),
+                                    height=max(2, int(out_h) // 8 // 2 * 2), seconds=seconds, fps=fps)
+        return path.read_bytes()
 
     async def _clip(self, seconds: float, sound: bool) -> bytes:
         """A small clip of ``seconds``, with a 440 Hz tone when ``sound``, made once per kind."""
