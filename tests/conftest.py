@@ -1,4 +1,5 @@
-"""Shared fixtures: a core on a fresh SQLite file with the simulator, and a webhook receiver."""
+"""Shared fixtures: a core on a fresh SQLite file (or PostgreSQL database, ``tests/pg.py``) with
+the simulator, and a webhook receiver."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from bot.app import Core
 from bot.models import Origin
 from bot.settings import Settings
 from tests.fakes.webhook_receiver import WebhookReceiver
+from tests.pg import on_postgres, postgres_cluster, postgres_url  # noqa: F401  (fixtures)
 
 SettingsFactory = Callable[..., Settings]
 
@@ -69,8 +71,24 @@ def outbound_hosts() -> Any:
     outbound.configure()
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "sqlite: about the SQLite file itself; stays on SQLite when the suite runs on PostgreSQL")
+
+
+@pytest.fixture(autouse=True)
+def database_url(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """This test's database URL: "" (a SQLite file in the data folder) unless the run is on
+    PostgreSQL (``VIDEOBOT_TEST_DATABASE=postgresql``); then a fresh database of its own, also
+    handed to `videobot` subprocesses as ``DATABASE_URL``."""
+    if not on_postgres() or request.node.get_closest_marker("sqlite"):
+        return ""
+    url = str(request.getfixturevalue("postgres_url"))
+    monkeypatch.setenv("DATABASE_URL", url)
+    return url
+
+
 @pytest.fixture
-def make_settings(tmp_path: Path) -> SettingsFactory:
+def make_settings(tmp_path: Path, database_url: str) -> SettingsFactory:
     """Settings on this test's own data folder; ``limits`` is the TOML text admins would write."""
 
     def make(limits: str = "", **overrides: Any) -> Settings:
@@ -82,6 +100,7 @@ def make_settings(tmp_path: Path) -> SettingsFactory:
             "poll_interval_s": 0.2,
             "progress_interval_s": 0.0,
             "http_port": 0,
+            "database_url": database_url,
         }
         values.update(overrides)
         return Settings(**values)
