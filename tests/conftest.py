@@ -61,6 +61,45 @@ def subprocess_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def stored_at(tmp_path: Path) -> str:
+    """The database URL a `videobot` subprocess with ``subprocess_env(tmp_path)`` stores its jobs
+    at: this test's PostgreSQL database (``DATABASE_URL``), else the SQLite file in its data folder."""
+    return os.environ.get("DATABASE_URL") or f"sqlite:///{tmp_path / 'data' / 'videobot.db'}"
+
+
+def assert_not_stored(secret: str, *urls: str) -> None:
+    """``secret`` is nowhere in these databases: in a SQLite file's bytes (and its WAL), or in
+    any row of a PostgreSQL database's tables."""
+    from sqlalchemy import inspect, text
+
+    from storage.engine import make_engine
+
+    for url in urls:
+        if url.startswith("sqlite"):
+            database = Path(url.split(":///", 1)[1])
+            stored = list(database.parent.glob(database.name + "*"))
+            assert stored, f"no database at {database}"
+            assert not [path for path in stored if secret.encode() in path.read_bytes()], f"{secret} stored in {database}"
+            continue
+        engine = make_engine(url)
+        try:
+            with engine.connect() as db:
+                for table in inspect(db).get_table_names():
+                    rows = db.execute(text(f'SELECT * FROM "{table}"')).fetchall()
+                    assert secret not in str(rows), f"{secret} stored in {table}"
+        finally:
+            engine.dispose()
+
+
+@pytest.fixture
+def another_database(request: pytest.FixtureRequest, database_url: str) -> Callable[[], str]:
+    """Makes the ``database_url`` of a second, separate store for this test: "" (the SQLite file
+    of another data folder) on SQLite, a fresh PostgreSQL database when the run is on it."""
+    if not database_url:
+        return lambda: ""
+    return request.getfixturevalue("postgres_cluster").database
+
+
 @pytest.fixture(autouse=True)
 def outbound_hosts() -> Any:
     """Each test starts with no admin-configured outbound hosts (``bot.outbound``) and leaves none."""

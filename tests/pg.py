@@ -73,11 +73,12 @@ class PostgresCluster:
         self._as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
 
     def _run(self, *args: str) -> None:
-        result = subprocess.run([*self._as, *args], capture_output=True, text=True, timeout=60)
+        result = subprocess.run([*self._as, *args], capture_output=True, text=True, timeout=60, check=False)
         if result.returncode != 0:
             raise RuntimeError(f"{' '.join(args[:2])} failed ({result.returncode}):\n{result.stdout}{result.stderr}")
 
     def start(self) -> PostgresCluster:
+        (self.root / "owner").write_text(str(os.getpid()))
         if self._as:
             shutil.chown(self.root, "postgres", "postgres")
         self._run(str(self.binaries / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust",
@@ -89,7 +90,16 @@ class PostgresCluster:
         self._run(str(self.binaries / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "server.log"),
                   "-w", "-t", "60", "-o", options, "start")  # fmt: skip
         atexit.register(self.stop)
+        self._watch()
         return self
+
+    def _watch(self) -> None:
+        """Stop the server when this process dies without stopping it (a killed test run)."""
+        stop = " ".join([*self._as, str(self.binaries / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"])
+        script = (f"while kill -0 {os.getpid()} 2>/dev/null && [ -d {self.data} ]; do sleep 1; done; "
+                  f"if [ -d {self.data} ]; then {stop} >/dev/null 2>&1; rm -rf {self.root}; fi")  # fmt: skip
+        subprocess.Popen(["sh", "-c", script], start_new_session=True, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
@@ -112,8 +122,24 @@ class PostgresCluster:
             self._admin.close()  # type: ignore[attr-defined]
             self._admin = None
         subprocess.run([*self._as, str(self.binaries / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w",
-                        "stop"], capture_output=True, timeout=60)  # fmt: skip
+                        "stop"], capture_output=True, timeout=60, check=False)  # fmt: skip
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _sweep(binaries: Path) -> None:
+    """Stop clusters whose test run was killed before it could (their owner process is gone)."""
+    for root in Path(tempfile.gettempdir()).glob("videobot-pg-*"):
+        try:
+            os.kill(int((root / "owner").read_text()), 0)
+            continue  # its run is alive
+        except ProcessLookupError:
+            pass
+        except (OSError, ValueError):
+            continue
+        as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        subprocess.run([*as_postgres, str(binaries / "pg_ctl"), "-D", str(root / "data"), "-m", "immediate", "-w",
+                        "stop"], capture_output=True, timeout=60, check=False)  # fmt: skip
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def start_cluster() -> PostgresCluster:
@@ -125,6 +151,7 @@ def start_cluster() -> PostgresCluster:
         import psycopg  # noqa: F401
     except ImportError:
         pytest.skip(f"psycopg is not installed ({INSTALL_HINT})")
+    _sweep(binaries)
     started = time.monotonic()
     cluster = PostgresCluster(binaries).start()
     cluster.started_in_s = time.monotonic() - started  # type: ignore[attr-defined]

@@ -150,7 +150,7 @@ def test_two_processes_racing_to_take_the_first_lease_both_get_an_answer(postgre
         name = f"engine-{round_}"
         gate = threading.Barrier(len(repos))
 
-        def take(index: int) -> Lease:
+        def take(index: int, name: str = name, gate: threading.Barrier = gate) -> Lease:
             gate.wait()
             claim = Lease(name=name, holder=f"p{index}", host="h", pid=index + 1, detail=f"process {index}")
             return repos[index].acquire_lease(claim, 30.0)
