@@ -151,6 +151,8 @@ class JobRepository:
     # -- reading ----------------------------------------------------------------------------
 
     def get(self, job_id: int) -> Job | None:
+        if job_id > MAX_POSTGRESQL_ID and self.engine.dialect.name == "postgresql":
+            return None  # past its INTEGER ids: no such job, and not a query the server refuses
         with self._session() as session:
             return session.get(Job, job_id)
 
@@ -351,6 +353,9 @@ class JobRepository:
             key=lambda usage: (-usage.spend_month, -usage.jobs_month, usage.user_id),
         )
 
+
+MAX_POSTGRESQL_ID = 2**31 - 1
+"""The largest id PostgreSQL's INTEGER columns hold (SQLite's hold 64 bits)."""
 
 ADMISSION_LOCK = 0x76696465  # "vide": the PostgreSQL advisory lock one admission holds at a time
 """Any number of processes (replicas) admit jobs into one PostgreSQL database; this lock makes
