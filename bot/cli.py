@@ -116,6 +116,13 @@ def _listen_problem(where: str, host: str, port: int, error: OSError) -> str:
     return f"{where}: cannot listen on {host}:{port} ({error.strerror or error})."
 
 
+def _database_shown(settings: Settings) -> str:
+    """Where the jobs are stored, for people: a SQLite file's path, or the URL without its password."""
+    if not settings.database_url:
+        return settings.database.split("///")[-1]
+    return make_url(settings.database).render_as_string(hide_password=True)
+
+
 def _database_problem(settings: Settings, error: Exception) -> str:
     """One line for a database that cannot be opened; the URL is shown without its password."""
     try:
@@ -216,7 +223,7 @@ async def _run(settings: Settings, core: Core, stop: asyncio.Event) -> None:
                 _say("Admin page: off (set VIDEOBOT_ADMIN_TOKEN to a long random secret to turn on /admin)")
         _announce(core)
         names = ", ".join(a.name for a in adapters) or "none (set SLACK_BOT_TOKEN or DISCORD_TOKEN)"
-        _say(f"Chat platforms: {names}. Database: {settings.database.split('///')[-1]}")
+        _say(f"Chat platforms: {names}. Database: {_database_shown(settings)}")
         defaults = " (not found: built-in defaults; see videobot.example.toml)" if core.service.limits.from_defaults else ""
         _say(f"Limits: {settings.limits_path}{defaults}")
         if not adapters:

@@ -5,11 +5,12 @@ contends with itself for the write lock, and the event loop never blocks on disk
 taken by priority: a person waiting on ``submit`` or ``cancel`` goes before the runner's
 background bookkeeping, so a busy runner does not slow down the answer to a slash command.
 
-A store that refuses writes for a while (a read-only file, a full disk, a lost server) raises
-``StoreUnavailable`` from every call that meets it, and ``unwritable`` says why until a write
-lands again. A person's call fails at once (they are told nothing was charged); a write the
-runner must make goes through ``persist``, which waits and retries it with backoff, so a job
-is never left half-moved because the disk was full for a few seconds.
+A store that refuses writes for a while (a read-only file, a full disk, a lost or restarting
+PostgreSQL server) raises ``StoreUnavailable`` from every call that meets it, and
+``unwritable`` says why until a write lands again. A person's call fails at once (they are told
+nothing was charged); a write the runner must make goes through ``persist``, which waits and
+retries it with backoff, so a job is never left half-moved because the disk was full for a few
+seconds.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from bot.errors import StoreUnavailable
 from storage.repository import JobRepository
@@ -87,7 +88,7 @@ class Database:
             log.warning("The database takes writes again; waiting jobs go on.")
             self.unwritable = None
 
-    def _refused(self, error: OperationalError) -> StoreUnavailable:
+    def _refused(self, error: DBAPIError) -> StoreUnavailable:
         reason = str(error.orig) if error.orig is not None else str(error)
         if self.unwritable is None:
             log.error("The database refuses writes (%s); jobs wait and new ones are refused until it recovers.", reason)
@@ -109,8 +110,10 @@ class Database:
             try:
                 try:
                     result = call()
-                except OperationalError as refused:  # the store's fault, not the call's
-                    raise self._refused(refused) from refused
+                except DBAPIError as refused:
+                    if not _unavailable(refused):
+                        raise
+                    raise self._refused(refused) from refused  # the store's fault, not the call's
             except BaseException as error:  # handed to the awaiting coroutine
                 loop.call_soon_threadsafe(_settle, future, None, error)
             else:
@@ -120,6 +123,20 @@ class Database:
         self._work.put((_STOP, next(self._order), None))
         self._thread.join()
         self.repo.engine.dispose()
+
+
+_UNAVAILABLE_SQLSTATES = ("08", "53", "57", "25006")
+"""PostgreSQL's errors that say the server, not the statement, is at fault: the connection was
+lost (class 08), it is out of disk, memory or connections (53), it is shutting down or not yet
+up (57), or it is read-only now (25006: a standby after a failover)."""
+
+
+def _unavailable(error: DBAPIError) -> bool:
+    """Whether ``error`` means the store refuses work for now (retry later), not a bad call."""
+    if isinstance(error, OperationalError) or error.connection_invalidated:
+        return True
+    sqlstate = getattr(error.orig, "sqlstate", None) or ""
+    return sqlstate.startswith(_UNAVAILABLE_SQLSTATES)
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:

@@ -26,7 +26,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from bot.backends.base import Backend
 from bot.database import Database
-from bot.errors import BackendError
+from bot.errors import BackendError, StoreUnavailable
 from bot.media import check_clip, concat, first_frame_png, last_frame_png, probe, strip_audio
 from bot.metrics import Metrics
 from bot.catalog import ModelSpec
@@ -301,6 +301,7 @@ class Runner:
         backend = self._backend(job)
         while True:
             self._fence()
+            await self._still_wanted(job, backend)
             state = await backend.poll(job.task_id or "")
             if state.status is TaskStatus.SUCCEEDED:
                 where = state.video_url or (f"file://{state.video_path}" if state.video_path else None)
@@ -324,6 +325,23 @@ class Runner:
                 raise self._timed_out()
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.options.poll_interval_s)
+
+    async def _still_wanted(self, job: Job, backend: Backend) -> None:
+        """Stop (``StaleTransition``) a job finished elsewhere while it generates: canceled from
+        another process sharing the database (a replica, the CLI). Its provider task is
+        canceled too, so it is not billed to the end."""
+        try:
+            stored = await self.db.run(self.db.repo.get, job.id or 0)
+        except StoreUnavailable:  # it cannot be read now; the next poll asks again
+            return
+        if stored is not None and not stored.job_state.terminal:
+            return
+        log.info("job %s: %s elsewhere; canceling its task", job.id, stored.state if stored else "deleted")
+        try:
+            await backend.cancel(job.task_id or "")
+        except Exception:
+            log.warning("job %s: could not cancel task %s", job.id, job.task_id, exc_info=True)
+        raise StaleTransition(f"job {job.id} is {stored.state if stored else 'missing'}")
 
     async def _fetch(self, job: Job) -> Job:
         segment = self._segment_path(job, job.segment_index)

@@ -3,7 +3,9 @@
 SQLite is the embedded default: WAL so readers never wait for the writer, a busy timeout so a
 second process waits instead of failing, ``synchronous=NORMAL`` (durable at every checkpoint,
 safe against process crashes, which is what a kill -9 is). Any SQLAlchemy URL works through
-``DATABASE_URL``. The schema is owned by Alembic and upgraded on start, so a newer release
+``DATABASE_URL``; PostgreSQL (``postgresql+psycopg://``) is the one tested beside SQLite, for
+several processes sharing one database. Its sessions run in UTC, so timestamps read back the
+same on both. The schema is owned by Alembic and upgraded on start, so a newer release
 upgrades an existing database in place without losing jobs.
 """
 
@@ -27,6 +29,8 @@ BUSY_TIMEOUT_MS = 30_000
 
 def make_engine(url: str) -> Engine:
     """Create an engine for ``url``; SQLite files get their folder, WAL and a busy timeout."""
+    if url.startswith("postgresql"):
+        return create_engine(url, pool_pre_ping=True, connect_args={"options": "-c timezone=UTC"})
     if not url.startswith("sqlite"):
         return create_engine(url, pool_pre_ping=True)
     path = url.split(":///", 1)[1] if ":///" in url else ""

@@ -73,7 +73,8 @@ class JobRepository:
         """Insert ``job`` after ``admit`` (the quota check) passes, in one transaction.
 
         Returns ``(job, created, queue_position)``; a job whose ``dedup_key`` is already stored
-        returns the stored one with ``created=False`` (a platform's retry of the same event).
+        returns the stored one with ``created=False`` (a platform's retry of the same event, or
+        the same event reaching another replica), before the quota is asked.
         """
         if job.dedup_key:
             existing = self.by_dedup_key(job.dedup_key)
@@ -81,10 +82,11 @@ class JobRepository:
                 return existing, False, 0
         try:
             with self._session() as session, session.begin():
-                if session.get_bind().dialect.name == "postgresql":
-                    # SQLite takes its write lock at BEGIN (storage.engine); PostgreSQL needs an
-                    # explicit one so two admissions cannot both read the old counts.
-                    session.execute(text("LOCK TABLE jobs IN SHARE ROW EXCLUSIVE MODE"))
+                _serialise_admissions(session)
+                if job.dedup_key:  # stored while this one waited for its turn
+                    existing = session.exec(select(Job).where(Job.dedup_key == job.dedup_key)).first()
+                    if existing is not None:
+                        return existing, False, 0
                 if admit is not None:
                     admit(session)
                 session.add(job)
@@ -123,7 +125,11 @@ class JobRepository:
             values[stamp] = now
         allowed = [s.value for s in expect]
         with self._session() as session, session.begin():
-            from_state = session.execute(select(Job.state).where(col(Job.id) == job_id)).scalar_one_or_none()
+            # FOR UPDATE (PostgreSQL): a writer in another process waits for this one and then
+            # reads the state it left; SQLite serialises writers at BEGIN IMMEDIATE already.
+            from_state = session.execute(
+                select(Job.state).where(col(Job.id) == job_id).with_for_update()
+            ).scalar_one_or_none()
             if from_state not in allowed:
                 raise StaleTransition(f"job {job_id} is {from_state or 'missing'}, not {'/'.join(allowed)}")
             job = session.scalars(update(Job).where(col(Job.id) == job_id).values(**values).returning(Job)).one()
@@ -145,6 +151,8 @@ class JobRepository:
     # -- reading ----------------------------------------------------------------------------
 
     def get(self, job_id: int) -> Job | None:
+        if job_id > MAX_POSTGRESQL_ID and self.engine.dialect.name == "postgresql":
+            return None  # past its INTEGER ids: no such job, and not a query the server refuses
         with self._session() as session:
             return session.get(Job, job_id)
 
@@ -223,6 +231,9 @@ class JobRepository:
         Returns the lease as it stands afterwards: the caller holds it when the holder matches
         ``claim.holder``, otherwise the row names who does and until when.
         """
+        return _retrying_first_insert(lambda: self._acquire_lease(claim, ttl_s, gone))
+
+    def _acquire_lease(self, claim: Lease, ttl_s: float, gone: Callable[[Lease], bool]) -> Lease:
         now = utcnow()
         with self._session() as session, session.begin():
             lease = session.get(Lease, claim.name, with_for_update=True)
@@ -264,9 +275,12 @@ class JobRepository:
 
     def probe_write(self) -> None:
         """Rewrite one small row: raises when the store does not take writes (read-only, full)."""
+        _retrying_first_insert(self._probe_write)
+
+    def _probe_write(self) -> None:
         now = utcnow()
         with self._session() as session, session.begin():
-            probe = session.get(Lease, "write-probe")
+            probe = session.get(Lease, "write-probe", with_for_update=True)
             if probe is None:
                 session.add(Lease(name="write-probe", holder="healthz", acquired_at=now, renewed_at=now, expires_at=now))
             else:
@@ -338,6 +352,31 @@ class JobRepository:
             ),
             key=lambda usage: (-usage.spend_month, -usage.jobs_month, usage.user_id),
         )
+
+
+MAX_POSTGRESQL_ID = 2**31 - 1
+"""The largest id PostgreSQL's INTEGER columns hold (SQLite's hold 64 bits)."""
+
+ADMISSION_LOCK = 0x76696465  # "vide": the PostgreSQL advisory lock one admission holds at a time
+"""Any number of processes (replicas) admit jobs into one PostgreSQL database; this lock makes
+their quota checks and inserts happen one after another, as SQLite's write lock does."""
+
+
+def _serialise_admissions(session: Session) -> None:
+    """Hold the admission lock until this transaction ends (PostgreSQL; SQLite holds its write
+    lock from BEGIN IMMEDIATE already). Under READ COMMITTED each later statement then sees
+    every job admitted before: the counts the quota reads cannot be stale."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADMISSION_LOCK})
+
+
+def _retrying_first_insert(attempt: Callable[[], T]) -> T:
+    """Run ``attempt`` again once if it lost a race to insert the same row (two processes
+    creating the first lease): the second try finds the row and goes through its lock."""
+    try:
+        return attempt()
+    except IntegrityError:
+        return attempt()
 
 
 def _aware(moment: datetime) -> datetime:

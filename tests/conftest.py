@@ -1,4 +1,5 @@
-"""Shared fixtures: a core on a fresh SQLite file with the simulator, and a webhook receiver."""
+"""Shared fixtures: a core on a fresh SQLite file (or PostgreSQL database, ``tests/pg.py``) with
+the simulator, and a webhook receiver."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from bot.app import Core
 from bot.models import Origin
 from bot.settings import Settings
 from tests.fakes.webhook_receiver import WebhookReceiver
+from tests.pg import on_postgres, postgres_cluster, postgres_url  # noqa: F401  (fixtures)
 
 SettingsFactory = Callable[..., Settings]
 
@@ -59,6 +61,45 @@ def subprocess_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def stored_at(tmp_path: Path) -> str:
+    """The database URL a `videobot` subprocess with ``subprocess_env(tmp_path)`` stores its jobs
+    at: this test's PostgreSQL database (``DATABASE_URL``), else the SQLite file in its data folder."""
+    return os.environ.get("DATABASE_URL") or f"sqlite:///{tmp_path / 'data' / 'videobot.db'}"
+
+
+def assert_not_stored(secret: str, *urls: str) -> None:
+    """``secret`` is nowhere in these databases: in a SQLite file's bytes (and its WAL), or in
+    any row of a PostgreSQL database's tables."""
+    from sqlalchemy import inspect, text
+
+    from storage.engine import make_engine
+
+    for url in urls:
+        if url.startswith("sqlite"):
+            database = Path(url.split(":///", 1)[1])
+            stored = list(database.parent.glob(database.name + "*"))
+            assert stored, f"no database at {database}"
+            assert not [path for path in stored if secret.encode() in path.read_bytes()], f"{secret} stored in {database}"
+            continue
+        engine = make_engine(url)
+        try:
+            with engine.connect() as db:
+                for table in inspect(db).get_table_names():
+                    rows = db.execute(text(f'SELECT * FROM "{table}"')).fetchall()
+                    assert secret not in str(rows), f"{secret} stored in {table}"
+        finally:
+            engine.dispose()
+
+
+@pytest.fixture
+def another_database(request: pytest.FixtureRequest, database_url: str) -> Callable[[], str]:
+    """Makes the ``database_url`` of a second, separate store for this test: "" (the SQLite file
+    of another data folder) on SQLite, a fresh PostgreSQL database when the run is on it."""
+    if not database_url:
+        return lambda: ""
+    return request.getfixturevalue("postgres_cluster").database
+
+
 @pytest.fixture(autouse=True)
 def outbound_hosts() -> Any:
     """Each test starts with no admin-configured outbound hosts (``bot.outbound``) and leaves none."""
@@ -69,8 +110,24 @@ def outbound_hosts() -> Any:
     outbound.configure()
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "sqlite: about the SQLite file itself; stays on SQLite when the suite runs on PostgreSQL")
+
+
+@pytest.fixture(autouse=True)
+def database_url(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """This test's database URL: "" (a SQLite file in the data folder) unless the run is on
+    PostgreSQL (``VIDEOBOT_TEST_DATABASE=postgresql``); then a fresh database of its own, also
+    handed to `videobot` subprocesses as ``DATABASE_URL``."""
+    if not on_postgres() or request.node.get_closest_marker("sqlite"):
+        return ""
+    url = str(request.getfixturevalue("postgres_url"))
+    monkeypatch.setenv("DATABASE_URL", url)
+    return url
+
+
 @pytest.fixture
-def make_settings(tmp_path: Path) -> SettingsFactory:
+def make_settings(tmp_path: Path, database_url: str) -> SettingsFactory:
     """Settings on this test's own data folder; ``limits`` is the TOML text admins would write."""
 
     def make(limits: str = "", **overrides: Any) -> Settings:
@@ -82,6 +139,7 @@ def make_settings(tmp_path: Path) -> SettingsFactory:
             "poll_interval_s": 0.2,
             "progress_interval_s": 0.0,
             "http_port": 0,
+            "database_url": database_url,
         }
         values.update(overrides)
         return Settings(**values)

@@ -14,7 +14,7 @@ import pytest
 from bot import Job, JobState
 from storage.engine import make_engine, upgrade
 from storage.repository import JobRepository
-from tests.conftest import subprocess_env
+from tests.conftest import stored_at, subprocess_env
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -90,6 +90,7 @@ def test_worker_without_the_gpu_extra(tmp_path: Path) -> None:
     assert "needs the gpu extra: pip install 'videobot[gpu]'" in _one_error_line(result)
 
 
+@pytest.mark.sqlite  # the SQLite file's folder cannot be made
 @pytest.mark.parametrize("command", ["serve", "jobs", "generate"])
 def test_a_database_that_cannot_be_opened(tmp_path: Path, command: str) -> None:
     (tmp_path / "file").write_text("not a folder")
@@ -110,7 +111,7 @@ def test_a_database_url_whose_driver_is_missing_hides_the_password(tmp_path: Pat
 
 
 def _store_jobs(tmp_path: Path) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 'data' / 'videobot.db'}")
+    engine = make_engine(stored_at(tmp_path))
     upgrade(engine)
     repository = JobRepository(engine)
     for state in JobState:

@@ -13,7 +13,6 @@ import json
 import logging
 import signal
 import socket
-import sqlite3
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -33,7 +32,8 @@ from bot.grammar import parse_request
 from bot.media import probe
 from bot.models import GenerationSpec, TaskState, TaskStatus
 from bot.settings import Settings
-from tests.conftest import subprocess_env, webhook_origin
+from storage.engine import make_engine
+from tests.conftest import stored_at, subprocess_env, webhook_origin
 from tests.fakes.fal import A14B_I2V, A14B_T2V, I2V, KEY, T2V, FakeFal
 from tests.fakes.provider import Reply
 from tests.fakes.slack_api import BOT_TOKEN, SIGNING_SECRET, FakeSlack
@@ -506,8 +506,11 @@ async def test_kill_9_mid_request_resumes_from_the_stored_status_url_with_one_su
     delivered = [d for d in receiver.deliveries.values() if d.job_id == job_id]
     assert len(delivered) == 1 and has_audio(delivered[0].path)
     assert "resuming from" in log.read_text() and KEY not in log.read_text()
-    database = tmp_path / "data" / "videobot.db"
-    with sqlite3.connect(database) as db:
-        [(stored,)] = db.execute("SELECT task_id FROM jobs").fetchall()
+    engine = make_engine(stored_at(tmp_path))
+    with engine.connect() as db:
+        [(stored,)] = db.exec_driver_sql("SELECT task_id FROM jobs").fetchall()
+        assert KEY not in str(db.exec_driver_sql("SELECT * FROM jobs").fetchall())
+    engine.dispose()
     assert json.loads(stored)["status"] == f"https://{fal.host}{QUEUE_APP}/requests/{task.id}/status"
-    assert KEY.encode() not in database.read_bytes()
+    database = tmp_path / "data" / "videobot.db"
+    assert not database.exists() or KEY.encode() not in database.read_bytes()

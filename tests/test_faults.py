@@ -126,6 +126,7 @@ class DiskFull:
             subprocess.run(["umount", "-l", str(self.mount)], check=False)
 
 
+@pytest.mark.sqlite  # a PostgreSQL server refusing writes: tests/test_postgres.py
 @pytest.mark.parametrize("fault", [ReadOnly, DiskFull], ids=["read-only", "disk-full"])
 async def test_a_database_refusing_writes_for_a_few_seconds_strands_no_job(
     tmp_path: Path, simulator: str, fault: type[ReadOnly | DiskFull]  # noqa: F811

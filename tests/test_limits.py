@@ -170,7 +170,7 @@ def test_the_quota_holds_across_processes_sharing_one_database(make_settings) ->
     import time as _time
 
     settings = make_settings(f"[defaults]\nuser_daily_jobs = 5\nuser_concurrent_jobs = 0\n{SMALL}")
-    kwargs = {"data_dir": settings.data_dir, "limits_path": settings.limits_path, "backend": "http",
+    kwargs = {"data_dir": settings.data_dir, "database_url": settings.database_url, "limits_path": settings.limits_path, "backend": "http",
               "wan_api_base_url": "http://127.0.0.1:9/v1"}
     start_at = _time.time() + 4
     with multiprocessing.get_context("spawn").Pool(2) as pool:

@@ -20,7 +20,7 @@ from bot.provider.simulator import build_simulator_app
 from storage.engine import MIGRATIONS_DIR, make_engine, upgrade
 from storage.repository import JobRepository
 from storage.tables import Job
-from tests.conftest import webhook_origin
+from tests.conftest import assert_not_stored, webhook_origin
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -60,7 +60,9 @@ async def test_job_api_answers_with_the_users_messages(make_core, receiver) -> N
         assert shown.json()["state"] == "queued"
 
 
-async def test_the_provider_key_never_reaches_logs_errors_or_the_database(make_core, receiver, tmp_path, caplog) -> None:
+async def test_the_provider_key_never_reaches_logs_errors_or_the_database(
+    make_core, receiver, tmp_path, caplog, another_database
+) -> None:
     caplog.set_level(logging.DEBUG)
     provider = await serve_provider(build_simulator_app(files_dir=tmp_path / "sim", api_key=SECRET), "127.0.0.1", 0)
     try:
@@ -69,16 +71,14 @@ async def test_the_provider_key_never_reaches_logs_errors_or_the_database(make_c
         job = await core.service.submit(parse_request("a tower --duration 1 --resolution 832x480"), webhook_origin(receiver))
         await receiver.wait_for(job.id, "delivered")
         wrong = HttpBackend(f"http://127.0.0.1:{bound_port(provider)}/v1", SECRET + "-wrong", max_retries=0)
-        core2 = await make_core(SMALL, backend=wrong, data_dir=tmp_path / "data2")
+        core2 = await make_core(SMALL, backend=wrong, data_dir=tmp_path / "data2", database_url=another_database())
         failed = await core2.service.submit(parse_request("a tower --duration 1 --resolution 832x480"), webhook_origin(receiver))
         message = (await receiver.wait_for(failed.id, "failed"))["message"]
         assert "rejected our API key" in message and SECRET not in message
     finally:
         await provider.cleanup()
     assert SECRET not in caplog.text
-    for database in (tmp_path / "data" / "videobot.db", tmp_path / "data2" / "videobot.db"):
-        for path in database.parent.glob("videobot.db*"):
-            assert SECRET.encode() not in path.read_bytes()
+    assert_not_stored(SECRET, core.settings.database, core2.settings.database)
 
 
 def test_log_filter_masks_secrets_in_messages_and_tracebacks() -> None:
@@ -94,6 +94,7 @@ def test_log_filter_masks_secrets_in_messages_and_tracebacks() -> None:
     assert "***" in record.getMessage()
 
 
+@pytest.mark.sqlite  # on PostgreSQL: tests/test_postgres.py
 def test_upgrading_an_existing_database_keeps_its_jobs(tmp_path) -> None:
     """A database written by the previous release (revision 0002) keeps its jobs at head."""
     url = f"sqlite:///{tmp_path / 'old.db'}"

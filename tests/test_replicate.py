@@ -29,7 +29,7 @@ from bot.settings import Settings
 from storage.engine import make_engine
 from storage.repository import JobRepository
 from storage.tables import JobState
-from tests.conftest import subprocess_env
+from tests.conftest import assert_not_stored, stored_at, subprocess_env
 from tests.fakes.provider import Reply
 from tests.fakes.replicate import I2V_INPUTS, T2V_INPUTS, TOKEN, FakeReplicate
 
@@ -303,7 +303,7 @@ async def videobot(tmp_path: Path, fake: FakeReplicate, *args: str, **extra: str
 
 
 def stored_jobs(tmp_path: Path) -> list[Any]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'data' / 'videobot.db'}")
+    engine = make_engine(stored_at(tmp_path))
     try:
         return JobRepository(engine).recent(10)
     finally:
@@ -327,8 +327,7 @@ async def test_generate_text_to_video_through_replicate_despite_429s(tmp_path: P
     info = probe(tmp_path / "fox.mp4")
     assert info.duration_s == pytest.approx(5, abs=0.2) and has_audio(tmp_path / "fox.mp4")
     assert fake.delivery_auth == [None]
-    stored = list((tmp_path / "data").glob("videobot.db*"))
-    assert stored and all(TOKEN.encode() not in path.read_bytes() for path in stored)
+    assert_not_stored(TOKEN, stored_at(tmp_path))
 
 
 @pytest.mark.parametrize("noisy", [True, False], ids=["detailed-photo-via-files-api", "smooth-photo-inline"])

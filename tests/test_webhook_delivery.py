@@ -132,13 +132,13 @@ async def test_any_2xx_answer_is_one_delivery(
 
 
 async def test_idempotency_keys_never_repeat_across_databases(
-    make_core: Any, hooks: list[Receiver], tmp_path: Path
+    make_core: Any, hooks: list[Receiver], tmp_path: Path, another_database: Any
 ) -> None:
     """Job 1 of one install and job 1 of another (or of the same after a reset) are two clips."""
     receiver = await Receiver(200, b'{"ok": true}', "application/json").start()
     hooks.append(receiver)
     for install in ("first", "second"):
-        core = await _fast_core(make_core, data_dir=tmp_path / install)
+        core = await _fast_core(make_core, data_dir=tmp_path / install, database_url=another_database())
         job = await core.service.submit(parse_request(f"a mill {FAST}"), webhook_origin(receiver))  # type: ignore[arg-type]
         assert job.id == 1
         assert (await _finished(core, job.id)).job_state is JobState.SUCCEEDED
