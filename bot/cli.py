@@ -171,7 +171,8 @@ async def _serve(settings: Settings, *, standby: bool = False) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        if not await core.lease.acquire():
+        # the Temporal engine takes no lease: Temporal hands each step to one worker
+        if settings.engine != "temporal" and not await core.lease.acquire():
             if not standby:
                 raise core.lease.refusal()
             holder = core.lease.other.detail if core.lease.other else "another process"
