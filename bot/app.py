@@ -126,6 +126,10 @@ async def build_backend(
             audio=settings.wan_audio,
             download_stall_s=settings.download_stall_s,
         )
+    if kind == "diffusers" and settings.engine == "temporal":  # made by `videobot worker --engine temporal`
+        from bot.temporal._gpu import GpuQueueBackend
+
+        return GpuQueueBackend(name or "diffusers", max_concurrency=concurrency)
     if kind == "diffusers":
         from bot.gpu import DiffusersBackend, LoadOptions, Offload, Preset
 

@@ -260,6 +260,12 @@ class Runner:
         """Mark the job failed and tell the person (see ``_fail``)."""
         await self._fail(job_id, message, refund=refund)
 
+    async def resubmit(self, job: Job) -> Job:
+        """Start the job's current segment again from its stored state. Only for a generator
+        whose task died with its process and costs nothing to redo (a GPU worker killed mid-run);
+        a provider's stored task is always polled instead."""
+        return await self._submit(job, job.job_state)
+
     def forget(self, job_id: int) -> None:
         """Drop what this process kept about a job that another engine's step just finished."""
         self._last_progress.pop(job_id, None)
