@@ -126,6 +126,10 @@ async def build_backend(
             audio=settings.wan_audio,
             download_stall_s=settings.download_stall_s,
         )
+    if kind == "diffusers" and settings.engine == "temporal":  # made by `videobot worker --engine temporal`
+        from bot.temporal._gpu import GpuQueueBackend
+
+        return GpuQueueBackend(name or "diffusers", max_concurrency=concurrency)
     if kind == "diffusers":
         from bot.gpu import DiffusersBackend, LoadOptions, Offload, Preset
 
@@ -251,6 +255,13 @@ class Core:
         self.settings = settings
         self.service = service
         self.runner = runner
+        self.engine: Any = None
+        """The ``TemporalEngine`` under ``VIDEOBOT_ENGINE=temporal`` (the service's dispatcher,
+        its steps the runner's); None for the embedded engine."""
+        if settings.engine == "temporal":
+            from bot.temporal import TemporalEngine
+
+            self.engine = TemporalEngine(settings, runner)
         self.lease = EngineLease(service.db, settings.lease_ttl_s)
         """Held by `videobot serve` (``drive``); other cores (the CLI's one job, tests) go without."""
         self._embedded = embedded
@@ -292,19 +303,27 @@ class Core:
             job_timeout_s=settings.job_timeout_s,
             max_download_bytes=settings.max_download_bytes,
             media_retention_days=settings.media_retention_days,
+            progress_to_db=settings.engine == "temporal",
         )
         runner = Runner(service, options, platforms=platforms, only_job_ids=only_job_ids)
         return cls(settings, service, runner, embedded)
 
     async def start(self, *, ops_port: int | None = None, ops_host: str = "0.0.0.0") -> None:
         """Resume unfinished jobs and start dispatching; serve /healthz and /metrics if a port is given."""
-        await self.runner.start()
+        if self.engine is not None:
+            await self.engine.start()
+        else:
+            await self.runner.start()
         if ops_port is not None:
             await self.serve_ops(ops_host, ops_port)
 
     async def drive(self) -> None:
         """Start the runner under the engine lease, which must be held (``lease.acquire``): the
-        runner asks the lease before each step, and a lost lease stops it until it is back."""
+        runner asks the lease before each step, and a lost lease stops it until it is back.
+        The Temporal engine needs no lease: it starts its workers and workflows."""
+        if self.engine is not None:
+            await self.engine.start()
+            return
         if not await self.lease.renew():  # starting the adapters may have taken a while
             raise self.lease.refusal()
         self.runner.may_drive = self.lease.fresh
@@ -329,8 +348,15 @@ class Core:
             status = {"status": "unavailable", "reason": f"the database refuses writes: {refused}"}
         elif self._keeper is not None and not self.lease.fresh():
             status = {"status": "standby", "reason": "this process does not hold the engine lease now"}
+        engine: dict[str, Any] = {"engine": self.settings.engine}
+        if self.engine is not None:
+            temporal = await self.engine.health()
+            engine["temporal"] = temporal
+            if not temporal["connected"] and refused is None:
+                status = {"status": "unavailable", "reason": f"Temporal does not answer at {temporal['address']}"}
         return {
             **status,
+            **engine,
             "backend": self.backend.name,
             "backend_label": self.backend.label,
             "backends": {name: g.backend.label for name, g in self.service.generators.items()},
@@ -346,6 +372,8 @@ class Core:
         if self._keeper is not None:
             self._keeper.cancel()
             await asyncio.gather(self._keeper, return_exceptions=True)
+        if self.engine is not None:
+            await self.engine.stop()
         await self.runner.stop()
         await self.lease.release()
         for generator in self.service.generators.values():

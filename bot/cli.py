@@ -178,7 +178,8 @@ async def _serve(settings: Settings, *, standby: bool = False) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        if not await core.lease.acquire():
+        # the Temporal engine takes no lease: Temporal hands each step to one worker
+        if settings.engine != "temporal" and not await core.lease.acquire():
             if not standby:
                 raise core.lease.refusal()
             holder = core.lease.other.detail if core.lease.other else "another process"
@@ -468,8 +469,18 @@ def worker(
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the transformer.")] = False,
     vae_tiling: Annotated[bool, typer.Option("--vae-tiling", help="Decode in tiles to save memory.")] = False,
     files_dir: Annotated[Path, typer.Option(help="Where finished clips are kept.")] = Path("videobot-worker"),
+    engine: Annotated[
+        str,
+        typer.Option(help="http: serve the provider REST API; temporal: poll the Temporal gpu task queue "
+                          "(TEMPORAL_ADDRESS, DATABASE_URL and VIDEOBOT_DATA_DIR as the bot has them)."),
+    ] = "http",
+    dtype: Annotated[str, typer.Option(help="bfloat16, float16 or float32 (float32 on a CPU).")] = "bfloat16",
 ) -> None:
-    """Serve the provider REST API at http://HOST:PORT/v1 with the model on this machine's GPU."""
+    """Serve the provider REST API at http://HOST:PORT/v1 with the model on this machine's GPU,
+    or with --engine temporal take GPU jobs from the Temporal gpu task queue, one at a time."""
+    if engine not in ("http", "temporal"):
+        raise _fail("--engine must be http or temporal.")
+    settings = _settings() if engine == "temporal" else None
     configure_logging(_log_level(), [api_key] if api_key else [])
     try:
         from bot.gpu import LoadOptions, Offload, Preset, run_worker
@@ -478,9 +489,17 @@ def worker(
 
     try:
         options = LoadOptions(preset=Preset(preset.lower()), lora=lora or None, offload=Offload(offload.lower()),
-                              compile=compile, vae_tiling=vae_tiling)
+                              compile=compile, vae_tiling=vae_tiling, dtype=dtype.lower())
     except ValueError:
         raise _fail("--preset must be quality or fast, and --offload none, model or group.") from None
+    if settings is not None:
+        from bot.temporal._gpu import run_gpu_worker
+
+        try:
+            asyncio.run(run_gpu_worker(settings, model, options))
+        except VideobotError as error:
+            raise _fail(str(error), 1) from None
+        return
     try:
         run_worker(host, port, model, api_key or None, options=options, files_dir=files_dir)
     except OSError as error:

@@ -65,6 +65,9 @@ class RunnerOptions:
     delivery_backoff_s: float = 2.0
     tick_s: float = 2.0
     media_retention_days: int = 7
+    progress_to_db: bool = False
+    """Also write each (throttled) progress update to the job's row: where the process that
+    shows progress is not the one that makes it (the Temporal engine)."""
 
 
 class _Checkpoint:
@@ -144,7 +147,7 @@ class Runner:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
 
-    def wake(self) -> None:
+    def wake(self, job: Job | None = None) -> None:
         self._wake.set()
 
     async def cancel(self, job: Job) -> None:
@@ -247,6 +250,28 @@ class Runner:
             await self._fail(job_id, f"Something went wrong on our side with job #{job_id}. It was not counted.")
         finally:
             self._finished(job_id)
+
+    async def step(self, job: Job) -> Job:
+        """One idempotent step of ``job`` from its stored state; what another engine's workers
+        call (the Temporal activities), exactly as this runner's own tasks do."""
+        return await self._step(job)
+
+    async def fail(self, job_id: int, message: str, *, refund: bool = True) -> None:
+        """Mark the job failed and tell the person (see ``_fail``)."""
+        await self._fail(job_id, message, refund=refund)
+
+    async def resubmit(self, job: Job) -> Job:
+        """Start the job's current segment again from its stored state. Only for a generator
+        whose task died with its process and costs nothing to redo (a GPU worker killed mid-run);
+        a provider's stored task is always polled instead."""
+        return await self._submit(job, job.job_state)
+
+    def forget(self, job_id: int) -> None:
+        """Drop what this process kept about a job that another engine's step just finished."""
+        self._last_progress.pop(job_id, None)
+        self.live_progress.pop(job_id, None)
+        for path in [p for p in self._probed if p.parent.name == str(job_id)]:
+            del self._probed[path]
 
     def _fence(self) -> None:
         if not self.may_drive():
@@ -457,6 +482,8 @@ class Runner:
         if not force and now - self._last_progress.get(job_id, 0.0) < self.options.progress_interval_s:
             return
         self._last_progress[job_id] = now
+        if self.options.progress_to_db:
+            await self.db.persist(self.db.repo.update, job_id, progress=self.live_progress[job_id])
         notifier = self.service.notifiers.get(job.platform)
         if notifier is None:
             return

@@ -40,9 +40,10 @@ EXTENSION_MAX_S = 10
 
 
 class Dispatcher(Protocol):
-    """What runs jobs: told when one is queued or canceled, and asked for the clip of a job."""
+    """What runs jobs: told when one is queued (``wake(job)``, after its row is committed;
+    ``wake()`` alone: look for work) or canceled."""
 
-    def wake(self) -> None: ...
+    def wake(self, job: Job | None = None) -> None: ...
 
     async def cancel(self, job: Job) -> None: ...
 
@@ -151,7 +152,7 @@ class JobService:
             return job
         job = await self._acknowledge(job, position)
         if self.dispatcher is not None:
-            self.dispatcher.wake()
+            self.dispatcher.wake(job)
         return job
 
     async def retry(self, job_id: int, by: Origin) -> Job:

@@ -71,6 +71,14 @@ class Settings:
     media_retention_days: int = 7
     # the engine lease: one serve drives a database; a standby takes over this long after a crash
     lease_ttl_s: float = 30.0
+    # what runs jobs: "embedded" (this process, under the lease) or "temporal" (workflows on a
+    # Temporal server; any number of serve replicas and GPU workers, no lease)
+    engine: str = "embedded"
+    temporal_address: str = "localhost:7233"
+    temporal_namespace: str = "default"
+    temporal_task_queue_prefix: str = "videobot"
+    # a worker that has not heartbeated for this long is presumed dead; its step runs elsewhere
+    temporal_heartbeat_timeout_s: float = 30.0
     # operations: /healthz and /metrics; 0 turns the endpoint off
     http_port: int = 8080
     http_host: str = "0.0.0.0"
@@ -225,6 +233,13 @@ class EnvironmentSettings(BaseSettings):
                                    default=200 * 1024 * 1024, gt=0)  # fmt: skip
     download_stall_s: float = _env("VIDEOBOT_DOWNLOAD_STALL_TIMEOUT", "seconds, more than 0", default=30.0, gt=0)
     lease_ttl_s: float = _env("VIDEOBOT_LEASE_TTL", "seconds, more than 0", default=30.0, gt=0)
+    engine: Literal["embedded", "temporal"] = _env("VIDEOBOT_ENGINE", "embedded or temporal", default="embedded")
+    temporal_address: str = _env("TEMPORAL_ADDRESS", "host:port of the Temporal frontend, e.g. localhost:7233",
+                                 default="localhost:7233")  # fmt: skip
+    temporal_namespace: str = _env("TEMPORAL_NAMESPACE", "a Temporal namespace", default="default")
+    temporal_task_queue_prefix: str = _env("TEMPORAL_TASK_QUEUE_PREFIX", "a task queue name prefix, e.g. videobot",
+                                           default="videobot", min_length=1)  # fmt: skip
+    temporal_heartbeat_timeout_s: float = _env("TEMPORAL_HEARTBEAT_TIMEOUT", "seconds, more than 0", default=30.0, gt=0)
     media_retention_days: int = _env("VIDEOBOT_MEDIA_RETENTION_DAYS", "a whole number of days, 0 or more",
                                      default=7, ge=0)  # fmt: skip
     http_port: int = _env("VIDEOBOT_HTTP_PORT", _PORT + " (0 turns /healthz and /metrics off)",
@@ -259,7 +274,7 @@ class EnvironmentSettings(BaseSettings):
     def _strip(cls, value: Any) -> Any:
         return value.strip() if isinstance(value, str) else value
 
-    @field_validator("backend", "gpu_preset", "gpu_offload", mode="before")
+    @field_validator("backend", "engine", "gpu_preset", "gpu_offload", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
@@ -274,6 +289,12 @@ class EnvironmentSettings(BaseSettings):
     def _url(cls, value: str) -> str:
         if value:
             _check_url(value)
+        return value
+
+    @field_validator("temporal_address")
+    @classmethod
+    def _temporal(cls, value: str) -> str:
+        _check_host(value)
         return value
 
     @field_validator("fal_host")

@@ -1,0 +1,231 @@
+"""``TemporalEngine``: the Dispatcher seam over Temporal, and this process's workers.
+
+Each job is one workflow, id ``videobot-job-<id>``, started once its row is committed
+(``wake(job)``) with ``USE_EXISTING`` on a running one and ``REJECT_DUPLICATE`` on a closed one,
+so any number of ``serve`` replicas may start it, again and again, and one workflow runs.
+At start every unfinished job's workflow is started the same way (a job whose start was lost
+in a crash gets one), and again every ``resync_s``.
+
+``videobot serve`` runs three workers here: the workflows (``<prefix>-jobs``), the provider
+queue (``<prefix>-provider``: submit, poll, download against a hosted backend) and the chat
+queue (``<prefix>-chat``: delivery and failure notices). GPU jobs go to ``<prefix>-gpu``, which
+``videobot worker --engine temporal`` polls (``bot.temporal._gpu``). No engine lease: Temporal
+hands each step to one worker at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.common import Priority, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+
+from bot.errors import ConfigurationError
+from bot.runner import Runner
+from bot.settings import Settings
+from bot.temporal._activities import JobSteps
+from bot.temporal._workflow import WORKFLOW, JobInput, JobWorkflow, workflow_id
+from storage.tables import Job
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_THROTTLE = timedelta(seconds=1)
+"""Heartbeats reach the server at least this often, so a cancel reaches the worker as fast."""
+
+
+@dataclass(frozen=True)
+class TaskQueues:
+    jobs: str
+    provider: str
+    chat: str
+    gpu: str
+
+    @classmethod
+    def named(cls, prefix: str) -> "TaskQueues":
+        return cls(f"{prefix}-jobs", f"{prefix}-provider", f"{prefix}-chat", f"{prefix}-gpu")
+
+
+def fairness_key(job: Job) -> str:
+    return f"{job.platform}:{job.user_id}"
+
+
+async def connect(settings: Settings) -> Client:
+    """The Temporal client; a server that cannot be reached is a configuration error naming it."""
+    try:
+        return await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace)
+    except RuntimeError as error:
+        raise ConfigurationError(
+            f"Could not reach Temporal at TEMPORAL_ADDRESS={settings.temporal_address} "
+            f"(namespace {settings.temporal_namespace}): {error}"
+        ) from None
+
+
+class TemporalEngine:
+    """What runs jobs under ``VIDEOBOT_ENGINE=temporal``; attached to the service as its dispatcher."""
+
+    def __init__(self, settings: Settings, runner: Runner, *, resync_s: float = 30.0) -> None:
+        self.settings = settings
+        self.runner = runner
+        self.service = runner.service
+        self.db = runner.db
+        self.queues = TaskQueues.named(settings.temporal_task_queue_prefix)
+        self.resync_s = resync_s
+        self.client: Client | None = None
+        self.steps = JobSteps(runner)
+        self._workers: list[Worker] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._started: set[int] = set()
+        self._resync: asyncio.Task[None] | None = None
+        self.service.attach_dispatcher(self)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self, *, workers: bool = True) -> None:
+        """Connect, run this process's workers (unless ``workers`` is False: a process that only
+        starts workflows) and start a workflow for every unfinished job."""
+        self.client = await connect(self.settings)
+        if workers:
+            self._workers = self._build_workers(self.client)
+            for worker in self._workers:
+                self._spawn(worker.run())
+        await self.resume()
+        self._resync = asyncio.create_task(self._resync_loop(), name="videobot-temporal-resync")
+
+    async def stop(self) -> None:
+        if self._resync is not None:
+            self._resync.cancel()
+            await asyncio.gather(self._resync, return_exceptions=True)
+        for worker in self._workers:
+            await worker.shutdown()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._workers.clear()
+
+    def _build_workers(self, client: Client) -> list[Worker]:
+        slots = sum(g.backend.max_concurrency for g in self.service.generators.values() if _queue_kind(g.backend) == "provider")
+        common: dict[str, Any] = {"max_heartbeat_throttle_interval": HEARTBEAT_THROTTLE,
+                                  "graceful_shutdown_timeout": timedelta(seconds=1)}
+        workers = [
+            Worker(client, task_queue=self.queues.jobs, workflows=[JobWorkflow],
+                   workflow_runner=UnsandboxedWorkflowRunner()),
+            Worker(client, task_queue=self.queues.chat, activities=[self.steps.deliver, self.steps.fail],
+                   max_concurrent_activities=64, **common),
+        ]
+        if slots:
+            workers.append(Worker(client, task_queue=self.queues.provider, activities=[self.steps.generate],
+                                  max_concurrent_activities=slots, **common))
+        return workers
+
+    @property
+    def connected(self) -> bool:
+        return self.client is not None
+
+    async def health(self) -> dict[str, Any]:
+        """What /healthz shows of the engine: the server, and whether it answers now."""
+        answer: dict[str, Any] = {
+            "address": self.settings.temporal_address,
+            "namespace": self.settings.temporal_namespace,
+            "task_queues": [self.queues.provider, self.queues.chat, self.queues.gpu],
+        }
+        if self.client is None:
+            return {**answer, "connected": False}
+        try:
+            await asyncio.wait_for(self.client.service_client.check_health(), 2.0)
+            return {**answer, "connected": True}
+        except (RPCError, RuntimeError, TimeoutError) as error:
+            return {**answer, "connected": False, "reason": str(error) or type(error).__name__}
+
+    # -- the Dispatcher seam ----------------------------------------------------------------
+
+    def wake(self, job: Job | None = None) -> None:
+        if job is not None:
+            self._spawn(self.start_workflow(job))
+        else:
+            self._spawn(self.resume())
+
+    async def cancel(self, job: Job) -> None:
+        """Cancel the job's workflow (its running step stops at its next heartbeat) and the
+        provider's task, as the embedded runner does."""
+        if self.client is not None:
+            try:
+                await self.client.get_workflow_handle(workflow_id(job.id or 0)).cancel()
+            except RPCError as error:  # already closed, or never started
+                log.info("job %s: workflow not canceled (%s)", job.id, error.message)
+        generator = self.service.generators.get(job.backend)
+        if job.task_id and generator is not None and _queue_kind(generator.backend) == "provider":
+            await generator.backend.cancel(job.task_id)
+
+    # -- starting workflows -----------------------------------------------------------------
+
+    def job_input(self, job: Job) -> JobInput:
+        generator = self.service.generators.get(job.backend)
+        kind = _queue_kind(generator.backend) if generator is not None else "provider"
+        return JobInput(
+            job_id=job.id or 0,
+            fairness_key=fairness_key(job),
+            generate_queue=self.queues.gpu if kind == "gpu" else self.queues.provider,
+            chat_queue=self.queues.chat,
+            heartbeat_timeout_s=self.settings.temporal_heartbeat_timeout_s,
+            job_timeout_s=self.settings.job_timeout_s,
+        )
+
+    async def start_workflow(self, job: Job) -> None:
+        """Start the job's workflow, or find it running; a closed one is left closed."""
+        assert self.client is not None, "start() connects first"
+        job_id = job.id or 0
+        try:
+            await self.client.start_workflow(
+                WORKFLOW,
+                self.job_input(job),
+                id=workflow_id(job_id),
+                task_queue=self.queues.jobs,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                priority=Priority(fairness_key=fairness_key(job)),
+            )
+        except WorkflowAlreadyStartedError:
+            pass  # it ran and closed; the row says how it ended
+        except (RPCError, RuntimeError) as error:
+            log.warning("job %s: could not start its workflow (%s); retrying within %g s", job_id, error, self.resync_s)
+            return
+        self._started.add(job_id)
+
+    async def resume(self) -> None:
+        """Start (or find) the workflow of every unfinished job this process has not yet started."""
+        for job in await self.db.run(self.db.repo.in_flight, self.runner.platforms):
+            if (job.id or 0) not in self._started:
+                await self.start_workflow(job)
+
+    async def wait(self, job_id: int) -> str:
+        """The job's workflow result (tests and benchmarks)."""
+        assert self.client is not None
+        try:
+            return await self.client.get_workflow_handle(workflow_id(job_id)).result()
+        except WorkflowFailureError as error:
+            return f"workflow failed: {error.cause}"
+
+    async def _resync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.resync_s)
+            try:
+                await self.resume()
+            except Exception:
+                log.warning("could not look for jobs without a workflow", exc_info=True)
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _queue_kind(backend: Any) -> str:
+    """``gpu`` for a backend whose generation runs on GPU workers polling the gpu queue."""
+    return str(getattr(backend, "task_queue", "provider"))
