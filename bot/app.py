@@ -21,6 +21,7 @@ from bot.database import Database
 from bot.errors import ConfigurationError
 from bot.lease import EngineLease
 from bot.limits import LimitsConfig, LimitsStore
+from bot.media_pool import MediaPool
 from bot.metrics import build_ops_app
 from bot.runner import Runner, RunnerOptions
 from bot.serving import guard_app, runner_options
@@ -249,7 +250,8 @@ def freeze_startup_heap() -> None:
 
 
 class Core:
-    """The running core: one database, its generators, one service, one runner."""
+    """The running core: one database, its generators, one service, one runner, and the media
+    pool (``service.media``) whose worker processes do the clip work; ``stop`` ends them."""
 
     def __init__(self, settings: Settings, service: JobService, runner: Runner, embedded: _Embedded):
         self.settings = settings
@@ -295,7 +297,12 @@ class Core:
         else:
             generators, default = await build_generators(settings, limits.current(), embedded)
         service = JobService(
-            db, limits, generators=generators, default_generator=default, media_dir=settings.media_dir.resolve()
+            db,
+            limits,
+            generators=generators,
+            default_generator=default,
+            media_dir=settings.media_dir.resolve(),
+            media=MediaPool(),
         )
         options = RunnerOptions(
             poll_interval_s=settings.poll_interval_s,
@@ -379,4 +386,5 @@ class Core:
         for generator in self.service.generators.values():
             await generator.backend.aclose()
         await self._embedded.close()
+        await self.service.media.close()
         self.service.db.close()

@@ -370,27 +370,27 @@ class Runner:
 
     async def _fetch(self, job: Job) -> Job:
         segment = self._segment_path(job, job.segment_index)
-        if not (segment.exists() and await asyncio.to_thread(self._valid_segment, segment, job)):
+        if not (segment.exists() and await self._valid_segment(segment, job)):
             await self._progress(job, Stage.FETCHING, self._overall(job, 1.0), force=True)
             try:
                 async with asyncio.timeout(max(self._time_left(job), 0.0)):
                     await self._backend(job).fetch(self._finished_state(job), segment, self.options.max_download_bytes)
             except TimeoutError:
                 raise self._timed_out() from None
-            self._probed[segment] = await asyncio.to_thread(self._checked, segment, job)
+            self._probed[segment] = await self._checked(segment, job)
         if job.segment_index + 1 < job.segment_count:
             following = job.model_copy(update={"segment_index": job.segment_index + 1})
             return await self._submit(following, JobState.FETCHING)
         output = self._segment_path(job, 0)
         if job.segment_count > 1 or job.kind == "extend":
-            output = await asyncio.to_thread(self._assemble, job)
+            output = await self._assemble(job)
         if not job.audio:  # --silent (or a model not meant to make sound), yet the clip may have some
             known = self._probed.get(output)
             if known is None or known.has_audio:
-                output = await asyncio.to_thread(strip_audio, output, self._job_dir(job) / "clip-silent.mp4")
+                output = await self.service.media.run(strip_audio, output, self._job_dir(job) / "clip-silent.mp4")
         shape: dict[str, int] = {}
         if not self._model(job).exact:  # a hosted model chose the size and rate: record them
-            info = self._probed.get(output) or await asyncio.to_thread(probe, output)
+            info = self._probed.get(output) or await self.service.media.run(probe, output)
             self._probed[output] = info
             shape = {"width": info.width, "height": info.height, "fps": round(info.fps)}
         return await self.db.persist(
@@ -410,7 +410,7 @@ class Runner:
         output = Path(job.output_path or "")
         info = self._probed.pop(output, None)
         if info is None:  # resumed after a restart: nothing probed in this process yet
-            info = await asyncio.to_thread(probe, output)
+            info = await self.service.media.run(probe, output)
         clip = Clip(path=output, info=info, caption=self.caption(job))
         await self._progress(job, Stage.UPLOADING, 100, force=True)
         checkpoint = _Checkpoint(self.db, job)
@@ -532,9 +532,9 @@ class Runner:
             return TaskState(TaskStatus.SUCCEEDED, 1.0, video_path=Path(where.removeprefix("file://")))
         return TaskState(TaskStatus.SUCCEEDED, 1.0, video_url=where)
 
-    def _checked(self, path: Path, job: Job) -> ClipInfo:
-        """Probe a fetched segment and refuse it unless it is what was asked (blocking)."""
-        info = probe(path)
+    async def _checked(self, path: Path, job: Job) -> ClipInfo:
+        """Probe a fetched segment (in the media pool) and refuse it unless it is what was asked."""
+        info = await self.service.media.run(probe, path)
         duration = self._segment_durations(job)[job.segment_index]
         if self._model(job).exact:
             check_clip(info, duration_s=duration, width=job.width, height=job.height, fps=job.fps)
@@ -542,10 +542,10 @@ class Runner:
             check_clip(info, duration_s=duration)
         return info
 
-    def _valid_segment(self, path: Path, job: Job) -> bool:
+    async def _valid_segment(self, path: Path, job: Job) -> bool:
         """A segment fetched before a crash need not be fetched again."""
         try:
-            self._probed[path] = self._checked(path, job)
+            self._probed[path] = await self._checked(path, job)
         except BackendError:
             return False
         return True
@@ -555,7 +555,7 @@ class Runner:
         mime: str | None = None
         if job.segment_index > 0:
             previous = self._segment_path(job, job.segment_index - 1)
-            image, mime = await asyncio.to_thread(last_frame_png, previous), "image/png"
+            image, mime = await self.service.media.run(last_frame_png, previous), "image/png"
         elif job.image_path:
             image, mime = await asyncio.to_thread(Path(job.image_path).read_bytes), job.image_mime
         # a continuation of a text-to-video job starts from a frame: the image model makes it
@@ -600,18 +600,18 @@ class Runner:
             if not job.image_path:
                 return None, None
             return await asyncio.to_thread(Path(job.image_path).read_bytes), job.image_mime
-        return await asyncio.to_thread(first_frame_png, self._segment_path(job, 0)), "image/png"
+        return await self.service.media.run(first_frame_png, self._segment_path(job, 0)), "image/png"
 
-    def _assemble(self, job: Job) -> Path:
+    async def _assemble(self, job: Job) -> Path:
         """The clip to deliver: one segment as it is, several (or an extension) joined."""
         parts = [self._segment_path(job, i) for i in range(job.segment_count)]
         if job.kind == "extend" and job.parent_id is not None:
-            parent = self.db.repo.get(job.parent_id)
+            parent = await self.db.run(self.db.repo.get, job.parent_id)
             if parent is not None and parent.output_path and Path(parent.output_path).exists():
                 parts.insert(0, Path(parent.output_path))
         if len(parts) == 1:
             return parts[0]
-        return concat(parts, self._job_dir(job) / "clip.mp4")
+        return await self.service.media.run(concat, parts, self._job_dir(job) / "clip.mp4")
 
     async def clean_media(self) -> None:
         """Remove media of jobs finished longer ago than the retention; rows stay for reports."""

@@ -27,6 +27,7 @@ from bot.database import Database
 from bot.errors import InvalidRequest, JobNotFound, LimitExceeded, NotAllowed, StoreUnavailable
 from bot.limits import EffectiveLimits, LimitsConfig, LimitsStore, describe_reset, next_reset, window_start
 from bot.media import last_frame_png
+from bot.media_pool import MediaPool
 from bot.models import ImageInput, Mode, Origin, Quality, Resolution, VideoRequest
 from bot.notifier import Notifier, ProgressUpdate, Stage
 from storage.repository import JobRepository, StaleTransition, UsageCounts
@@ -83,14 +84,17 @@ class JobService:
         generators: Mapping[str, Generator],
         default_generator: str,
         media_dir: Path,
+        media: MediaPool | None = None,
     ) -> None:
         """``generators`` are the backends by name (one, or the limits file's ``[backends]``);
-        ``default_generator`` serves a scope that names none."""
+        ``default_generator`` serves a scope that names none. ``media`` runs the clip work
+        (probe, join, shrink) out of this process; the runner and the adapters use it too."""
         self.db = db
         self.limits = limits
         self.generators = dict(generators)
         self.default_generator = default_generator
         self.media_dir = media_dir
+        self.media = media or MediaPool()
         self.notifiers: dict[str, Notifier] = {}
         self.dispatcher: Dispatcher | None = None
 
@@ -185,7 +189,7 @@ class JobService:
             raise InvalidRequest(f"Job #{job_id} has no finished clip to extend.")
         if not 1 <= seconds <= EXTENSION_MAX_S:
             raise InvalidRequest(f"An extension is 1 to {EXTENSION_MAX_S} seconds (got {seconds}).")
-        frame = await asyncio.to_thread(last_frame_png, Path(parent.output_path))
+        frame = await self.media.run(last_frame_png, Path(parent.output_path))
         image = ImageInput(data=frame, mime="image/png", width=parent.width, height=parent.height)
         request = dataclasses.replace(
             await self._request_of(parent, image=image), duration_s=seconds, end_image=None, loop=False

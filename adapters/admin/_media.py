@@ -10,12 +10,16 @@ THUMB_WIDTH = 320
 
 
 def first_frame_jpeg(clip: Path, out: Path, width: int = THUMB_WIDTH) -> Path:
-    """Write the first frame of ``clip`` to ``out`` (``width`` wide, aspect kept) unless already there."""
+    """Write the first frame of ``clip`` to ``out`` (``width`` wide, aspect kept) unless already there.
+
+    Blocking and CPU-bound: the admin page runs it in the core's media pool."""
     if out.is_file():
         return out
     with av.open(str(clip)) as container:
         stream = container.streams.video[0]
-        frame = next(container.decode(stream))
+        frame = next(container.decode(stream), None)
+        if frame is None:
+            raise ValueError(f"{clip.name} has no frame")
         image = frame.to_image()
     height = max(2, round(image.height * width / max(image.width, 1)))
     image = image.resize((width, height))

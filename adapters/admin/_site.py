@@ -373,8 +373,8 @@ class AdminSite:
             raise web.HTTPNotFound(text="This job has no clip.")
         out = self.media_root / "thumbs" / f"{job.id}.jpg"
         try:
-            await asyncio.to_thread(first_frame_jpeg, clip, out)
-        except (OSError, ValueError, StopIteration):
+            await self.service.media.run(first_frame_jpeg, clip, out)
+        except (OSError, ValueError):
             raise web.HTTPNotFound(text="The clip has no readable first frame.") from None
         return web.FileResponse(out, headers={"Content-Type": "image/jpeg", "Cache-Control": "private, max-age=3600"})
 

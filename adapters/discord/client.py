@@ -92,7 +92,7 @@ class DiscordAdapter:
         self._guild_ids = settings.discord_guild_ids
         self._service = service
         self._guild_ready_timeout = guild_ready_timeout
-        self.notifier = DiscordNotifier()
+        self.notifier = DiscordNotifier(media=service.media)
         self.client: VideobotClient | None = None
         self._connection: asyncio.Task[None] | None = None
         service.register_notifier(self.notifier)

@@ -36,6 +36,7 @@ from adapters.discord.views import delivery_view, failure_view, status_view, vie
 from bot import Job
 from bot.errors import BackendError, NotAllowed
 from bot.media import fit_to_size
+from bot.media_pool import MediaPool
 from bot.models import Clip
 from bot.notifier import DeliveryCheckpoint, ProgressUpdate, Stage, StatusMessage
 
@@ -119,9 +120,11 @@ class _Shown:
 class DiscordNotifier:
     platform = PLATFORM
 
-    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
-        """``clock`` is wall time (interaction tokens expire by it); tests move it forward."""
+    def __init__(self, *, clock: Callable[[], float] = time.time, media: MediaPool | None = None) -> None:
+        """``clock`` is wall time (interaction tokens expire by it); tests move it forward.
+        ``media`` shrinks clips over the upload cap out of process (the service's pool)."""
         self.pending = PendingInteractions()
+        self._media = media or MediaPool()
         self._clock = clock
         self._client: discord.Client | None = None
         self._attached = asyncio.Event()
@@ -274,7 +277,7 @@ class DiscordNotifier:
         if clip.path.stat().st_size > limit - UPLOAD_HEADROOM_BYTES:
             shrunk_to = limit
             out = clip.path.with_name(f"{clip.path.stem}.discord-{limit}.mp4")
-            path = await asyncio.to_thread(fit_to_size, clip.path, out, limit - UPLOAD_HEADROOM_BYTES)
+            path = await self._media.run(fit_to_size, clip.path, out, limit - UPLOAD_HEADROOM_BYTES)
         try:
             message = await target.send(
                 render.delivery(job, clip.caption, shrunk_to=shrunk_to),
