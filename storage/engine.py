@@ -60,6 +60,9 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+_MIGRATION_LOCK = 0x76626D67  # "vbmg": the advisory lock key migrations take on PostgreSQL
+
+
 def upgrade(engine: Engine) -> None:
     """Bring the schema to the newest revision; one log line when a migration runs, nothing
     (and no Alembic chatter) when the schema is already current."""
@@ -67,6 +70,10 @@ def upgrade(engine: Engine) -> None:
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     head = ScriptDirectory.from_config(config).get_current_head()
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            # Several processes may start on one new database at once: one migrates, the others
+            # wait here for its commit and then find the schema current.
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
         current = MigrationContext.configure(connection).get_current_revision()
         if current == head:
             return
