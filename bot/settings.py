@@ -98,6 +98,10 @@ class Settings:
     # Discord
     discord_token: str = field(default="", repr=False)
     discord_guild_ids: tuple[int, ...] = ()
+    # sharding across replicas: the total number of shards (0: one connection, unsharded) and the
+    # shards this process connects (empty: all of them); each id below the count
+    discord_shard_count: int = 0
+    discord_shard_ids: tuple[int, ...] = ()
     # local GPU (VIDEOBOT_BACKEND=diffusers, and `videobot worker` defaults)
     videobot_model: str = ""
     gpu_preset: str = "quality"
@@ -262,6 +266,12 @@ class EnvironmentSettings(BaseSettings):
         "DISCORD_GUILD_IDS", "comma-separated server ids (numbers), e.g. 123456789012345678,234567890123456789",
         default=(),
     )
+    discord_shard_count: int = _env(
+        "DISCORD_SHARD_COUNT", "the total number of shards across every replica, a whole number (0: not sharded)", default=0, ge=0
+    )
+    discord_shard_ids: Annotated[tuple[int, ...], NoDecode] = _env(
+        "DISCORD_SHARD_IDS", "comma-separated shard numbers counted from 0, e.g. 0,1", default=()
+    )
     videobot_model: str = _env("VIDEOBOT_MODEL", "a Hugging Face model id or a local folder", default="")
     gpu_preset: Literal["quality", "fast"] = _env("VIDEOBOT_PRESET", "quality or fast", default="quality")
     gpu_lora: str = _env("VIDEOBOT_LORA", "a LoRA id or path", default="")
@@ -326,6 +336,16 @@ class EnvironmentSettings(BaseSettings):
             return tuple(int(g) for g in ids)
         return value
 
+    @field_validator("discord_shard_ids", mode="before")
+    @classmethod
+    def _shards(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            ids = [s.strip() for s in value.split(",") if s.strip()]
+            if not all(s.isdigit() for s in ids):
+                raise ValueError("not a list of shard numbers")
+            return tuple(int(s) for s in ids)
+        return value
+
     @field_validator("slack_bot_token")
     @classmethod
     def _bot_token(cls, value: str) -> str:
@@ -386,7 +406,24 @@ def requirement_problems(settings: Settings) -> list[str]:
     if not settings.slack_bot_token and (settings.slack_app_token or settings.slack_signing_secret):
         given = "SLACK_APP_TOKEN" if settings.slack_app_token else "SLACK_SIGNING_SECRET"
         problems.append(f"{given} is set but SLACK_BOT_TOKEN (xoxb-…) is not; the Slack adapter needs both.")
+    problems += discord_shard_problems(settings.discord_shard_count, settings.discord_shard_ids)
     return problems
+
+
+def discord_shard_problems(count: int, ids: tuple[int, ...]) -> list[str]:
+    """What is wrong with ``DISCORD_SHARD_COUNT`` and ``DISCORD_SHARD_IDS`` together, one line each."""
+    shown = ",".join(map(str, ids))
+    if ids and not count:
+        return [f"DISCORD_SHARD_IDS={shown} needs DISCORD_SHARD_COUNT (the total number of shards across every replica)."]
+    wrong = [i for i in ids if i >= count]
+    if wrong:
+        return [
+            f"DISCORD_SHARD_IDS={shown} is not valid: shard ids count from 0 and stay below "
+            f"DISCORD_SHARD_COUNT={count}, so {', '.join(map(str, wrong))} cannot be one."
+        ]
+    if len(set(ids)) != len(ids):
+        return [f"DISCORD_SHARD_IDS={shown} names a shard twice; list each shard once."]
+    return []
 
 
 _HOSTED_FIELDS = {"dashscope": "dashscope_api_key", "fal": "fal_key", "replicate": "replicate_api_token"}

@@ -4,6 +4,11 @@ Intents are the unprivileged minimum: guilds (channels, threads, the upload limi
 messages (mentions, whose content Discord sends without the message-content intent). Commands
 sync in ``setup_hook``: to each guild in ``DISCORD_GUILD_IDS`` at once, otherwise globally,
 which Discord can take up to an hour to show everywhere.
+
+Several replicas split the gateway by shard (``DISCORD_SHARD_COUNT``, ``DISCORD_SHARD_IDS``):
+Discord sends each guild's events to the one connection whose shard owns it, so each replica
+hears its own guilds. Everything the bot sends goes over REST, which any replica may use, so a
+job taken by one replica can be delivered by another.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from adapters.discord.notifier import DiscordNotifier, PendingInteractions
 from adapters.discord.views import JobButton
 from bot.errors import ConfigurationError
 from bot.service import JobService
-from bot.settings import Settings
+from bot.settings import Settings, discord_shard_problems
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +85,37 @@ class VideobotClient(discord.Client):
             log.warning("could not report the failure of interaction %s", interaction.id)
 
 
+class ShardedVideobotClient(VideobotClient, discord.AutoShardedClient):
+    """The same client over several gateway connections, one per shard this replica runs."""
+
+
+def make_client(
+    service: JobService,
+    pending: PendingInteractions,
+    *,
+    guild_ids: tuple[int, ...] = (),
+    shard_count: int = 0,
+    shard_ids: tuple[int, ...] = (),
+    **options: Any,
+) -> VideobotClient:
+    """The client for this replica's shards: unsharded without a count; one shard as a plain
+    client (``shard_id``); several, or all of ``shard_count`` when no ids are given, sharded."""
+    if not shard_count:
+        return VideobotClient(service, pending, guild_ids=guild_ids, **options)
+    if len(shard_ids) == 1:
+        return VideobotClient(
+            service, pending, guild_ids=guild_ids, shard_id=shard_ids[0], shard_count=shard_count, **options
+        )
+    return ShardedVideobotClient(
+        service,
+        pending,
+        guild_ids=guild_ids,
+        shard_count=shard_count,
+        shard_ids=list(shard_ids) or None,
+        **options,
+    )
+
+
 class DiscordAdapter:
     """Logs in, syncs commands, keeps the gateway connection, and hands the notifier its client."""
 
@@ -88,6 +124,11 @@ class DiscordAdapter:
     def __init__(self, settings: Settings, service: JobService, *, guild_ready_timeout: float = 2.0) -> None:
         if not settings.discord_token:
             raise ConfigurationError("The Discord adapter needs DISCORD_TOKEN (the bot token).")
+        problems = discord_shard_problems(settings.discord_shard_count, settings.discord_shard_ids)
+        if problems:
+            raise ConfigurationError(problems[0])
+        self._shard_count = settings.discord_shard_count
+        self._shard_ids = settings.discord_shard_ids
         self._token = settings.discord_token
         self._guild_ids = settings.discord_guild_ids
         self._service = service
@@ -99,10 +140,12 @@ class DiscordAdapter:
 
     async def start(self) -> None:
         """Log in (a wrong token fails here) and connect the gateway in the background."""
-        client = VideobotClient(
+        client = make_client(
             self._service,
             self.notifier.pending,
             guild_ids=self._guild_ids,
+            shard_count=self._shard_count,
+            shard_ids=self._shard_ids,
             guild_ready_timeout=self._guild_ready_timeout,
         )
         try:

@@ -8,6 +8,9 @@ code. The fake behaves as Discord documents (and as the library expects):
 - JSON answers carry exactly ``application/json``; errors are ``{"code", "message"}`` bodies.
 - The gateway sends HELLO, waits for IDENTIFY, answers READY (guilds unavailable) and then one
   GUILD_CREATE per guild; heartbeats are acknowledged; zlib-stream compression is honoured.
+- Sharding: a connection that identifies with ``shard: [id, count]`` hears only the guilds that
+  shard owns (``(guild_id >> 22) % count == id``), their READY entries, GUILD_CREATEs and events,
+  as on Discord. Every IDENTIFY is kept in ``identifies`` (without its token).
 - Without the MESSAGE_CONTENT intent a MESSAGE_CREATE keeps its content only when it mentions
   the bot, as on Discord.
 - Interactions must be answered within ``callback_deadline_s`` and only once; the callback answer
@@ -245,6 +248,14 @@ class _Session:
     compress: zlib._Compress | None = None
     seq: int = 0
     session_id: str = field(default_factory=lambda: secrets.token_hex(16))
+    shard: tuple[int, int] = (0, 1)
+
+    def owns(self, guild_id: int | str | None) -> bool:
+        """Whether this connection's shard receives the guild's events (all, unsharded)."""
+        if guild_id is None:
+            return True
+        shard_id, count = self.shard
+        return shard_of(int(guild_id), count) == shard_id
 
     async def send(self, payload: dict[str, Any]) -> None:
         text = json.dumps(payload)
@@ -253,6 +264,11 @@ class _Session:
             await self.ws.send_bytes(data)
         else:
             await self.ws.send_str(text)
+
+
+def shard_of(guild_id: int, shard_count: int) -> int:
+    """The shard Discord sends a guild's events to."""
+    return (guild_id >> 22) % shard_count
 
 
 class FakeDiscord:
@@ -283,6 +299,7 @@ class FakeDiscord:
         self.commands: dict[str, list[dict[str, Any]]] = {}
         self.calls: list[RecordedCall] = []
         self.sessions: list[_Session] = []
+        self.identifies: list[dict[str, Any]] = []
         self.identified = asyncio.Event()
         self._nonces: dict[tuple[int, int, str], tuple[int, float]] = {}
         self._changed = asyncio.Condition()
@@ -354,9 +371,18 @@ class FakeDiscord:
         self.users[user.id] = user
         return user
 
-    def add_guild(self, name: str = "Test Guild", *, premium_tier: int = 0) -> FakeGuild:
+    def add_guild(
+        self, name: str = "Test Guild", *, premium_tier: int = 0, shard: tuple[int, int] | None = None
+    ) -> FakeGuild:
+        """A guild; ``shard=(id, count)`` picks an id that shard owns."""
         owner = self.add_user(f"{name} owner")
-        guild = FakeGuild(self.snowflake(), name, owner.id, premium_tier)
+        guild_id = self.snowflake()
+        if shard is not None:
+            shard_id, count = shard
+            timestamp = guild_id >> 22
+            guild_id = ((timestamp - timestamp % count + shard_id) << 22) | (guild_id & 0x3FFFFF)
+            assert shard_of(guild_id, count) == shard_id
+        guild = FakeGuild(guild_id, name, owner.id, premium_tier)
         guild.roles[guild.id] = ("@everyone", MEMBER_PERMISSIONS)
         bot_role = self.snowflake()
         guild.roles[bot_role] = ("videobot", BOT_PERMISSIONS)
@@ -570,6 +596,8 @@ class FakeDiscord:
         """Send a DISPATCH to every identified session; returns the send time (monotonic)."""
         sent = time.monotonic()
         for session in list(self.sessions):
+            if not session.owns(data.get("guild_id")):
+                continue
             if event == "MESSAGE_CREATE" and not session.intents & INTENT_GUILD_MESSAGES:
                 continue
             payload = data
@@ -1129,7 +1157,12 @@ class FakeDiscord:
                 await session.ws.close(code=4004, message=b"Authentication failed.")
                 return
             session.intents = int(data.get("intents", 0))
+            if data.get("shard"):
+                shard_id, count = (int(n) for n in data["shard"])
+                session.shard = (shard_id, count)
+            self.identifies.append({k: v for k, v in data.items() if k != "token"})
             self.sessions.append(session)
+            guilds = [g for g in self.guilds.values() if session.owns(g.id)]
             session.seq += 1
             await session.send(
                 {
@@ -1139,17 +1172,18 @@ class FakeDiscord:
                     "d": {
                         "v": 10,
                         "user": {**self.bot.payload(), "verified": True, "mfa_enabled": False},
-                        "guilds": [{"id": str(g), "unavailable": True} for g in self.guilds],
+                        "guilds": [{"id": str(g.id), "unavailable": True} for g in guilds],
                         "session_id": session.session_id,
                         "resume_gateway_url": self.gateway_url,
                         "application": {"id": str(self.application_id), "flags": 1 << 19},
                         "private_channels": [],
                         "relationships": [],
+                        **({"shard": list(session.shard)} if data.get("shard") else {}),
                     },
                 }
             )
             if session.intents & INTENT_GUILDS:
-                for guild in self.guilds.values():
+                for guild in guilds:
                     session.seq += 1
                     await session.send({"op": 0, "t": "GUILD_CREATE", "s": session.seq, "d": self.guild_payload(guild)})
             self.identified.set()
