@@ -57,10 +57,18 @@ class StoredFile:
 
 
 class FakeSlack:
-    """Start with ``await FakeSlack().start()``; stop with ``await fake.stop()``."""
+    """Start with ``await FakeSlack().start()``; stop with ``await fake.stop()``.
 
-    def __init__(self) -> None:
+    ``bot_tokens`` are the bot tokens it accepts (``BOT_TOKEN``, unless given): tests with
+    several bot processes give each its own, to tell from a call which process made it.
+    """
+
+    def __init__(self, *, bot_tokens: tuple[str, ...] = (BOT_TOKEN,)) -> None:
+        self.bot_tokens = set(bot_tokens)
         self.calls: list[Call] = []
+        self.stalled: list[Call] = []
+        self._stalls: dict[str, int] = {}
+        self._release = asyncio.Event()
         self.files: dict[str, StoredFile] = {}
         self.messages: dict[str, list[dict[str, Any]]] = {}
         self.socket_acks: list[dict[str, Any]] = []
@@ -96,6 +104,7 @@ class FakeSlack:
         return self
 
     async def stop(self) -> None:
+        self._release.set()
         for ws in list(self._sockets):
             await ws.close()
         if self._runner is not None:
@@ -119,6 +128,15 @@ class FakeSlack:
         """Answer the next ``times`` calls of ``method`` with HTTP 429 and ``Retry-After: 0``,
         as Slack does past a method's rate limit."""
         self._rate_limited[method] = times
+
+    def stall(self, method: str, times: int = 1) -> None:
+        """Do the work of the next ``times`` calls of ``method`` (Slack has the file, say), then
+        hold their answers until ``release()``: the caller may die meanwhile, not knowing.
+        The held calls are in ``stalled``."""
+        self._stalls[method] = times
+
+    def release(self) -> None:
+        self._release.set()
 
     def add_file(self, name: str, content: bytes, mimetype: str) -> dict[str, Any]:
         """Store a file someone shared and return the file object Slack would put in a payload."""
@@ -186,8 +204,8 @@ class FakeSlack:
                 params.update(await request.post())
         token = _bearer(request) or params.get("token")
         self._record(method, params, token)
-        expected = APP_TOKEN if method == "apps.connections.open" else BOT_TOKEN
-        if token != expected:
+        expected = {APP_TOKEN} if method == "apps.connections.open" else self.bot_tokens
+        if token not in expected:
             return _slack(ok=False, error="invalid_auth")
         if self._rate_limited.get(method, 0) > 0:
             self._rate_limited[method] -= 1
@@ -200,7 +218,13 @@ class FakeSlack:
         handler = getattr(self, "_m_" + method.replace(".", "_"), None)
         if handler is None:
             return _slack(ok=False, error="unknown_method")
-        return _slack(**handler(params))
+        answer = handler(params)
+        if self._stalls.get(method, 0) > 0:
+            self._stalls[method] -= 1
+            self.stalled.append(self.calls[-1])
+            self._changed.set()
+            await self._release.wait()
+        return _slack(**answer)
 
     async def _upload(self, request: web.Request) -> web.Response:
         file_id = request.match_info["file_id"]
@@ -218,7 +242,7 @@ class FakeSlack:
         token = _bearer(request)
         self._record("download", {"file_id": file_id}, token)
         stored = self.files.get(file_id)
-        if token != BOT_TOKEN or stored is None:
+        if token not in self.bot_tokens or stored is None:
             # Slack answers an unauthenticated download with its sign-in page, not an error code.
             return web.Response(text="<html>sign in</html>", content_type="text/html")
         return web.Response(body=stored.content, content_type=stored.mimetype)
