@@ -30,6 +30,7 @@ from storage.repository import JobRepository
 from storage.tables import Job, JobState
 from tests.conftest import subprocess_env
 from tests.fakes.slack_api import (
+    APP_TOKEN,
     BOT_TOKEN,
     SIGNING_SECRET,
     FakeSlack,
@@ -135,8 +136,10 @@ class Cluster:
 
 @pytest.fixture
 async def cluster(
-    tmp_path: Path, postgres_url: str, temporal_address: str, simulator: str  # noqa: F811
+    request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str, temporal_address: str, simulator: str  # noqa: F811
 ) -> AsyncIterator[Cluster]:
+    """Two replicas in HTTP mode, or in Socket Mode when parametrized with "socket"."""
+    socket_mode = getattr(request, "param", "http") == "socket"
     fake = await FakeSlack(bot_tokens=(BOT_TOKEN, OTHER_BOT_TOKEN)).start()
     (tmp_path / "videobot.toml").write_text(LIMITS)
     env = subprocess_env(
@@ -147,6 +150,8 @@ async def cluster(
         VIDEOBOT_BACKEND="http", WAN_API_BASE_URL=simulator,
         SLACK_SIGNING_SECRET=SIGNING_SECRET, SLACK_API_URL=fake.api_url,
     )  # fmt: skip
+    if socket_mode:
+        env["SLACK_APP_TOKEN"] = APP_TOKEN
     a, b = Replica("a", tmp_path, env, BOT_TOKEN), Replica("b", tmp_path, env, OTHER_BOT_TOKEN)
     engine = make_engine(postgres_url)
     try:
@@ -180,17 +185,44 @@ async def test_the_same_command_and_event_reaching_two_replicas_make_one_job_eac
     )
 
     assert answers == [200, 200, 200, 200]
-    jobs = await cluster.finished(2)
+    await _one_job_and_one_clip_each(cluster, ["slack:command:trigger-twice", "slack:event:Ev0TWICE"])
+
+
+@pytest.mark.parametrize("cluster", ["socket"], indirect=True)
+async def test_in_socket_mode_an_envelope_redelivered_to_the_other_replica_makes_no_second_job(
+    cluster: Cluster,
+) -> None:
+    fake = cluster.fake
+    await fake.wait_for(lambda: fake.sockets == 2)  # one connection each
+    command = slash_command(f"a kite over the dunes {FAST}", response_url=fake.response_url("cmd"),
+                            trigger_id="trigger-socket")  # fmt: skip
+    event = mention_event(f"a paper boat {FAST}", event_id="Ev0SOCKET", ts="1699999999.000888")
+
+    for connection in (0, 1):  # Slack hands an envelope to one connection, its redelivery maybe to another
+        await fake.push({"envelope_id": f"env-cmd{connection}", "type": "slash_commands", "payload": command,
+                         "accepts_response_payload": True}, to=connection)  # fmt: skip
+        await fake.push({"envelope_id": f"env-ev{connection}", "type": "events_api", "payload": event,
+                         "accepts_response_payload": False, "retry_attempt": connection,
+                         "retry_reason": "timeout"}, to=connection)  # fmt: skip
+
+    envelopes = ("env-cmd0", "env-cmd1", "env-ev0", "env-ev1")
+    await fake.wait_for(lambda: all(fake.socket_ack(e) for e in envelopes))
+    await _one_job_and_one_clip_each(cluster, ["slack:command:trigger-socket", "slack:event:Ev0SOCKET"])
+
+
+async def _one_job_and_one_clip_each(cluster: Cluster, dedup_keys: list[str]) -> None:
+    fake = cluster.fake
+    await cluster.finished(len(dedup_keys))
     await asyncio.sleep(1.0)  # a second job would have been stored by now
     jobs = await cluster.jobs()
-    assert sorted(j.dedup_key or "" for j in jobs) == ["slack:command:trigger-twice", "slack:event:Ev0TWICE"]
-    assert [j.job_state for j in jobs] == [JobState.SUCCEEDED, JobState.SUCCEEDED]
-    assert len(_status_posts(fake)) == 2  # one status message a job
-    assert len(fake.calls_to("files.completeUploadExternal")) == 2
+    assert sorted(j.dedup_key or "" for j in jobs) == sorted(dedup_keys)
+    assert {j.job_state for j in jobs} == {JobState.SUCCEEDED}
+    assert len(_status_posts(fake)) == len(dedup_keys)  # one status message a job
+    assert len(fake.calls_to("files.completeUploadExternal")) == len(dedup_keys)
     for job in jobs:
         assert len(cluster.clips_in_thread(job)) == 1
     assert not fake.calls_to("response")  # nobody was told anything went wrong
-    assert len(await _provider_tasks(cluster.simulator)) == 2
+    assert len(await _provider_tasks(cluster.simulator)) == len(dedup_keys)  # nothing made twice
 
 
 async def test_cancel_reroll_and_extend_work_from_the_replica_that_did_not_take_the_command(

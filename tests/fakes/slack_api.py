@@ -184,10 +184,16 @@ class FakeSlack:
     async def wait_for_socket(self, timeout: float = 10.0) -> None:
         await asyncio.wait_for(self._socket_connected.wait(), timeout)
 
-    async def push(self, envelope: dict[str, Any]) -> None:
-        """Send an envelope to every connected Socket Mode client."""
-        for ws in self._sockets:
+    async def push(self, envelope: dict[str, Any], *, to: int | None = None) -> None:
+        """Send an envelope to every connected Socket Mode client, or only to the ``to``-th
+        connection (Slack hands each envelope to one of an app's connections)."""
+        for ws in self._sockets if to is None else [self._sockets[to]]:
             await ws.send_str(json.dumps(envelope))
+
+    @property
+    def sockets(self) -> int:
+        """How many Socket Mode connections are open now."""
+        return len(self._sockets)
 
     def socket_ack(self, envelope_id: str) -> dict[str, Any] | None:
         return next((a for a in self.socket_acks if a.get("envelope_id") == envelope_id), None)
