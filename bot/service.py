@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import logging
 import random
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -451,7 +452,9 @@ class JobService:
         path = self.media_dir / "images" / f"{digest}{suffix}"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".part")
+            # a name of this writer's own: the same image may be stored at once by two requests,
+            # or by two replicas on a shared media volume (one event delivered to both)
+            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
             tmp.write_bytes(image.data)
             tmp.replace(path)
         return str(path.resolve()), image.mime

@@ -24,11 +24,14 @@ from typing import Any
 
 import httpx
 import pytest
+from PIL import Image
 
+from bot.grammar import parse_request
+from bot.images import load_image
 from storage.engine import make_engine
 from storage.repository import JobRepository
 from storage.tables import Job, JobState
-from tests.conftest import subprocess_env
+from tests.conftest import subprocess_env, webhook_origin
 from tests.fakes.slack_api import (
     APP_TOKEN,
     BOT_TOKEN,
@@ -43,6 +46,7 @@ from tests.fakes.slack_api import (
 )
 from tests.temporal_server import temporal_address  # noqa: F401  (fixture)
 from tests.test_crash_recovery import _free_port, _provider_tasks, simulator  # noqa: F401  (fixture)
+from tests.test_images import TEAL, encode
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -285,3 +289,22 @@ async def test_a_replica_killed_mid_delivery_leaves_it_to_the_other_and_the_clip
     assert any(c.token == other.token and c.params.get("ts") == job.status_ref
                and c.params.get("text", "").endswith("done, the clip is in the thread")
                for c in fake.calls_to("chat.update"))  # fmt: skip
+
+
+async def test_one_image_stored_at_once_by_many_requests_on_one_media_folder_refuses_none(
+    make_core: Any, receiver: Any
+) -> None:
+    """Two replicas handling one event both store its image in the shared media folder at the same
+    moment; each write goes through a temporary file of its own, so neither is refused."""
+    core = await make_core(LIMITS, start=False)
+    image = await asyncio.to_thread(load_image, encode(Image.new("RGB", (1600, 900), TEAL), "PNG"),
+                                    max_bytes=50_000_000, max_pixels=50_000_000)  # fmt: skip
+    request = parse_request(f"the sea {FAST}", image=image)
+    for attempt in range(5):
+        for stored in (core.settings.media_dir / "images").glob("*"):
+            stored.unlink()
+        jobs = await asyncio.gather(*(
+            core.service.submit(request, webhook_origin(receiver, user=f"u{attempt}-{n}")) for n in range(8)
+        ))  # fmt: skip
+        assert len({job.image_path for job in jobs}) == 1
+    assert [p.name for p in (core.settings.media_dir / "images").iterdir()] == [Path(jobs[0].image_path or "").name]
