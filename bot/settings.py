@@ -267,7 +267,8 @@ class EnvironmentSettings(BaseSettings):
         default=(),
     )
     discord_shard_count: int = _env(
-        "DISCORD_SHARD_COUNT", "the total number of shards across every replica, a whole number (0: not sharded)", default=0, ge=0
+        "DISCORD_SHARD_COUNT", "the total number of shards across every replica, a whole number (0: not sharded)",
+        default=0, ge=0,
     )
     discord_shard_ids: Annotated[tuple[int, ...], NoDecode] = _env(
         "DISCORD_SHARD_IDS", "comma-separated shard numbers counted from 0, e.g. 0,1", default=()
@@ -414,7 +415,9 @@ def discord_shard_problems(count: int, ids: tuple[int, ...]) -> list[str]:
     """What is wrong with ``DISCORD_SHARD_COUNT`` and ``DISCORD_SHARD_IDS`` together, one line each."""
     shown = ",".join(map(str, ids))
     if ids and not count:
-        return [f"DISCORD_SHARD_IDS={shown} needs DISCORD_SHARD_COUNT (the total number of shards across every replica)."]
+        return [
+            f"DISCORD_SHARD_IDS={shown} needs DISCORD_SHARD_COUNT (the total number of shards across every replica)."
+        ]
     wrong = [i for i in ids if i >= count]
     if wrong:
         return [

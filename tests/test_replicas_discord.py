@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -125,8 +125,8 @@ async def test_replicas_split_the_gateway_by_shard_and_either_delivers_over_rest
     )
     # replica a runs shards 0 and 1 (AutoShardedClient), replica b shard 2 (Client(shard_id=2));
     # only one of them runs Temporal workers, so every job is made and delivered there
-    a = await _replica(stack, "a", _with(base, discord_shard_ids=(0, 1)), workers=runs_jobs == "a")
-    b = await _replica(stack, "b", _with(base, discord_shard_ids=(2,)), workers=runs_jobs == "b")
+    a = await _replica(stack, "a", replace(base, discord_shard_ids=(0, 1)), workers=runs_jobs == "a")
+    b = await _replica(stack, "b", replace(base, discord_shard_ids=(2,)), workers=runs_jobs == "b")
 
     assert isinstance(a.client, ShardedVideobotClient) and not isinstance(b.client, ShardedVideobotClient)
     assert isinstance(b.client, VideobotClient) and b.client.shard_id == 2
@@ -135,8 +135,9 @@ async def test_replicas_split_the_gateway_by_shard_and_either_delivers_over_rest
     assert [g.id for g in b.client.guilds] == [two.guild.id]
     assert shard_of(one.guild.id, SHARDS) == 1 and shard_of(two.guild.id, SHARDS) == 2
 
-    first = await fake.slash_command(one.channel, one.member, "video", {"prompt": "a heron --duration 1 --resolution 832x480"})
-    second = await fake.slash_command(two.channel, two.member, "video", {"prompt": "a kite --duration 1 --resolution 832x480"})
+    fast = "--duration 1 --resolution 832x480"
+    first = await fake.slash_command(one.channel, one.member, "video", {"prompt": f"a heron {fast}"})
+    second = await fake.slash_command(two.channel, two.member, "video", {"prompt": f"a kite {fast}"})
     for interaction in (first, second):
         await asyncio.wait_for(interaction.responded.wait(), 3)
 
@@ -155,16 +156,15 @@ async def test_replicas_split_the_gateway_by_shard_and_either_delivers_over_rest
     assert worker.client.get_guild(heard_elsewhere.guild.id) is None  # delivered there over REST alone
 
 
-def _with(settings: Settings, **changes: Any) -> Settings:
-    from dataclasses import replace
-
-    return replace(settings, **changes)
-
-
 @pytest.mark.parametrize(
     ("count", "ids", "problem"),
     [
-        ("2", "0,2", "DISCORD_SHARD_IDS=0,2 is not valid: shard ids count from 0 and stay below DISCORD_SHARD_COUNT=2, so 2 cannot be one."),
+        (
+            "2",
+            "0,2",
+            "DISCORD_SHARD_IDS=0,2 is not valid: shard ids count from 0 and stay below DISCORD_SHARD_COUNT=2, "
+            "so 2 cannot be one.",
+        ),
         ("", "1", "DISCORD_SHARD_IDS=1 needs DISCORD_SHARD_COUNT (the total number of shards across every replica)."),
         ("3", "1,1", "DISCORD_SHARD_IDS=1,1 names a shard twice; list each shard once."),
         ("-1", "", "DISCORD_SHARD_COUNT='-1' is not valid: it takes the total number of shards across every replica"),

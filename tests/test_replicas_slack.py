@@ -140,7 +140,11 @@ class Cluster:
 
 @pytest.fixture
 async def cluster(
-    request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str, temporal_address: str, simulator: str  # noqa: F811
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    postgres_url: str,
+    temporal_address: str,  # noqa: F811
+    simulator: str,  # noqa: F811
 ) -> AsyncIterator[Cluster]:
     """Two replicas in HTTP mode, or in Socket Mode when parametrized with "socket"."""
     socket_mode = getattr(request, "param", "http") == "socket"
@@ -250,7 +254,8 @@ async def test_cancel_reroll_and_extend_work_from_the_replica_that_did_not_take_
     _, clip = await cluster.finished(2)
     assert clip.job_state is JobState.SUCCEEDED
     under_clip = {"message_ts": "1700000000.999999", **hook}
-    await cluster.b.send(interactive_body(block_action("videobot_reroll", str(clip.id), user="U0BOB", **under_clip)), FORM)
+    reroll_pressed = block_action("videobot_reroll", str(clip.id), user="U0BOB", **under_clip)
+    await cluster.b.send(interactive_body(reroll_pressed), FORM)
     await cluster.b.send(interactive_body(block_action("videobot_extend", str(clip.id), **under_clip)), FORM)
 
     jobs = await cluster.finished(4)
