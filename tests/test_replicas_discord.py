@@ -20,7 +20,8 @@ import discord
 import pytest
 
 from adapters.discord import DiscordAdapter, build_adapter
-from adapters.discord.client import ShardedVideobotClient, VideobotClient
+from adapters.discord.client import ShardedVideobotClient, VideobotClient, make_client
+from adapters.discord.notifier import PendingInteractions
 from bot.app import Core
 from bot.errors import ConfigurationError
 from bot.settings import Settings, SettingsError
@@ -201,3 +202,21 @@ def test_shard_settings_are_read_and_the_adapter_refuses_ids_beyond_the_count(
     wrong = Settings(discord_token="t", discord_shard_count=2, discord_shard_ids=(5,))
     with pytest.raises(ConfigurationError, match="so 5 cannot be one"):
         DiscordAdapter(wrong, _Service())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("count", "ids", "sharded", "shard_ids"),
+    [(0, (), False, None), (4, (), True, None), (4, (1, 3), True, [1, 3]), (4, (2,), False, None)],
+)
+async def test_the_client_kind_follows_the_shard_settings(
+    count: int, ids: tuple[int, ...], sharded: bool, shard_ids: list[int] | None
+) -> None:
+    """No count: one unsharded connection; one id: a plain client on that shard; several ids, or
+    a count alone (every shard in this process): an AutoShardedClient."""
+    client = make_client(None, PendingInteractions(), shard_count=count, shard_ids=ids)  # type: ignore[arg-type]
+    # never logged in, so nothing to close
+    assert isinstance(client, ShardedVideobotClient) is sharded
+    if sharded:
+        assert (client.shard_count, client.shard_ids) == (count, shard_ids)
+    else:
+        assert (client.shard_id, client.shard_count) == ((ids[0], count) if ids else (None, None))

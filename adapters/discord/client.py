@@ -159,6 +159,9 @@ class DiscordAdapter:
         except BaseException:
             await client.close()
             raise
+        if self._shard_count:
+            shards = ",".join(map(str, self._shard_ids)) or f"0-{self._shard_count - 1}"
+            log.info("discord: connecting shards %s of %d", shards, self._shard_count)
         self.client = client
         self.notifier.attach(client)
         self._connection = asyncio.create_task(self._connect(client), name="videobot-discord-gateway")
