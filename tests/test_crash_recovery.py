@@ -11,6 +11,7 @@ import asyncio
 import signal
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -67,8 +68,9 @@ class Bot:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "bot", "serve", stdout=log, stderr=log, env=self.env
             )
+        deadline = time.monotonic() + 60  # generous: a loaded 2-core machine starts serve slowly
         async with httpx.AsyncClient() as client:
-            for _ in range(300):
+            while time.monotonic() < deadline:
                 try:
                     if (await client.get(f"{self.url}/healthz")).status_code == 200:
                         return

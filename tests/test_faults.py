@@ -50,7 +50,7 @@ class Serve(Bot):
             )
 
     async def health(self) -> httpx.Response:
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(timeout=30) as client:
             return await client.get(f"{self.url}/healthz")
 
     def logged(self) -> str:
