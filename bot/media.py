@@ -19,7 +19,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from io import BytesIO
 from pathlib import Path
@@ -240,10 +240,6 @@ class _Mp4Writer:
     deadline: float
     frames: int = 0
     samples: int = 0
-    _time_base: Fraction = field(init=False)
-
-    def __post_init__(self) -> None:
-        self._time_base = self.video.codec_context.time_base
 
     def add_video(self, frame: VideoFrame) -> None:
         """Encode one picture; frames not yet in yuv420p at the track's size are converted."""
@@ -252,7 +248,7 @@ class _Mp4Writer:
         context = self.video.codec_context
         if (frame.format.name, frame.width, frame.height) != ("yuv420p", context.width, context.height):
             frame = frame.reformat(width=context.width, height=context.height, format="yuv420p")
-        frame.pts, frame.time_base = self.frames, self._time_base
+        frame.pts, frame.time_base = self.frames, context.time_base
         self.frames += 1
         self.container.mux(self.video.encode(frame))
 
@@ -394,7 +390,8 @@ def _append(
     """Decode one clip into ``writer``: its picture conformed to the output by the ``fit`` scale
     chain at ``rate``, its sound (when the writer has a track) by ``_sound_chain``, both in one
     pass over the file so the two tracks are written interleaved."""
-    picture_chain = f"{'trim=start_frame=1,' if drop_first else ''}setpts=PTS-STARTPTS,fps={rate},{fit},setsar=1,format=yuv420p"
+    trim = "trim=start_frame=1," if drop_first else ""
+    picture_chain = f"{trim}setpts=PTS-STARTPTS,fps={rate},{fit},setsar=1,format=yuv420p"
     with av.open(str(path)) as container:
         video = container.streams.video[0]
         video.thread_type = "AUTO"
@@ -402,22 +399,22 @@ def _append(
         picture_in = graph.add_buffer(template=video)
         picture_out = _chain(graph, picture_chain, picture_in, audio=False)
         audio = container.streams.audio[0] if writer.audio is not None and container.streams.audio else None
-        streams: tuple[VideoStream | AudioStream, ...] = (video,)
+        chains: dict[VideoStream | AudioStream, tuple[FilterContext, FilterContext, Callable[..., None]]] = {
+            video: (picture_in, picture_out, writer.add_video)
+        }
         if audio is not None:
             sound_in = graph.add_abuffer(template=audio)
             sound_out = _chain(graph, _sound_chain(info, video_start, drop_first, rate), sound_in, audio=True)
-            streams = (video, audio)
+            chains[audio] = (sound_in, sound_out, writer.add_audio)
         graph.configure()
-        for packet in container.demux(*streams):
-            is_video = packet.stream is video
+        for packet in container.demux(*chains):
+            into, out_of, write = chains[packet.stream]
             for frame in packet.decode():
-                (picture_in if is_video else sound_in).push(frame)
-            _drain(picture_out if is_video else sound_out, writer.add_video if is_video else writer.add_audio)
-        picture_in.push(None)
-        _drain(picture_out, writer.add_video, to_end=True)
-        if audio is not None:
-            sound_in.push(None)
-            _drain(sound_out, writer.add_audio, to_end=True)
+                into.push(frame)
+            _drain(out_of, write)
+        for into, out_of, write in chains.values():
+            into.push(None)
+            _drain(out_of, write, to_end=True)
     if writer.audio is not None and audio is None:
         seconds = _sound_seconds(info, drop_first, rate)
         silence = f"anullsrc=r={_AUDIO_RATE}:cl=stereo,atrim=end={seconds:.6f},aformat=sample_fmts=fltp"
@@ -520,7 +517,8 @@ def fit_to_size(path: Path, out: Path, max_bytes: int) -> Path:
         width, height = _picture_for(info, bitrate)
         kbps = int(bitrate / 1000)
         budget = {"b": f"{kbps}k", "maxrate": f"{kbps * 3 // 2}k", "bufsize": f"{kbps * 2}k"}
-        with _writing(out, what="Shrinking the video", picture=_Picture(width, height, rate, budget), sound=sound) as writer:
+        picture = _Picture(width, height, rate, budget)
+        with _writing(out, what="Shrinking the video", picture=picture, sound=sound) as writer:
             _append(writer, path, info, video_start, drop_first=False, fit=f"scale={width}:{height}", rate=rate)
         size = out.stat().st_size
         if size <= max_bytes:
