@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import itertools
 import math
+import queue
 import re
+import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Generator, Iterable, Iterator, Sequence
+from contextlib import closing, contextmanager, nullcontext
 from dataclasses import dataclass
 from fractions import Fraction
 from io import BytesIO
 from pathlib import Path
+from typing import TypeVar
 
 import av
 import av.filter
@@ -36,6 +39,8 @@ from av.video.stream import VideoStream
 
 from bot.errors import BackendError
 from bot.models import ClipInfo
+
+_T = TypeVar("_T")
 
 ENCODE_TIMEOUT_S = 300
 """Longest one join, shrink or encode may take; a stuck encode must not hold a worker forever."""
@@ -281,8 +286,8 @@ def _writing(out: Path, *, what: str, picture: _Picture, sound: _Sound | None) -
             video = container.add_stream("libx264", rate=picture.rate)
             video.width, video.height, video.pix_fmt = picture.width, picture.height, "yuv420p"
             video.codec_context.time_base = 1 / picture.rate
-            # frame threads, as many as x264 finds useful, as the ffmpeg command would: PyAV's
-            # default (slice threads) encodes at about half the speed
+            # frame threads, as many as x264 finds useful, as the ffmpeg command uses: PyAV's
+            # default (slice threads) makes x264 cut every picture into slices, which costs bytes
             video.codec_context.thread_count, video.codec_context.thread_type = 0, "AUTO"
             video.codec_context.options = {"preset": _X264_PRESET, **picture.rate_control}
             audio: AudioStream | None = None
@@ -316,19 +321,61 @@ def _chain(graph: av.filter.Graph, description: str, head: FilterContext | None,
     return sink
 
 
-def _drain(sink: FilterContext, write: Callable[..., None], *, to_end: bool = False) -> None:
-    """Hand every frame ``sink`` has ready to ``write``; with ``to_end``, until the chain ends
-    (its input must have been told it ended)."""
+def _ready(sink: FilterContext, *, to_end: bool = False) -> Iterator[VideoFrame | AudioFrame]:
+    """Every frame ``sink`` has ready; with ``to_end``, until the chain ends (its input must have
+    been told it ended)."""
     while True:
         try:
-            frame = sink.pull()
+            yield sink.pull()
         except BlockingIOError:
             if to_end:
                 raise
             return
         except av.error.EOFError:
             return
-        write(frame)
+
+
+def _ahead(frames: Generator[_T, None, None], depth: int = 16) -> Generator[_T, None, None]:
+    """``frames``, made in a thread up to ``depth`` ahead of the caller, so decoding and filtering
+    overlap encoding as they do in the ffmpeg command (PyAV lets go of the GIL inside FFmpeg).
+    An error making them is raised here; when the caller stops early, the thread stops too."""
+    ready: queue.Queue[tuple[_T | None, BaseException | None]] = queue.Queue(depth)
+    stop = threading.Event()
+    end = (None, None)
+
+    def offer(item: tuple[_T | None, BaseException | None]) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def make() -> None:
+        try:
+            for frame in frames:
+                if not offer((frame, None)):
+                    return
+            offer(end)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller, raised there
+            offer((None, exc))
+        finally:
+            frames.close()
+
+    maker = threading.Thread(target=make, name="media-decode", daemon=True)
+    maker.start()
+    try:
+        while True:
+            frame, error = ready.get()
+            if error is not None:
+                raise error
+            if frame is None:
+                return
+            yield frame
+    finally:
+        stop.set()
+        maker.join()
 
 
 def source_frames(description: str, *, audio: bool = False) -> Iterator[VideoFrame | AudioFrame]:
@@ -388,8 +435,24 @@ def _append(
     writer: _Mp4Writer, path: Path, info: ClipInfo, video_start: float, *, drop_first: bool, fit: str, rate: Fraction
 ) -> None:
     """Decode one clip into ``writer``: its picture conformed to the output by the ``fit`` scale
-    chain at ``rate``, its sound (when the writer has a track) by ``_sound_chain``, both in one
-    pass over the file so the two tracks are written interleaved."""
+    chain at ``rate``, its sound (when the writer has a track) by ``_sound_chain``, or silence of
+    the picture's length when the clip has none."""
+    made = _conformed(
+        path, info, video_start, drop_first=drop_first, fit=fit, rate=rate, with_sound=writer.audio is not None
+    )
+    with closing(_ahead(made)) as frames:
+        for frame in frames:
+            if isinstance(frame, VideoFrame):
+                writer.add_video(frame)
+            else:
+                writer.add_audio(frame)
+
+
+def _conformed(
+    path: Path, info: ClipInfo, video_start: float, *, drop_first: bool, fit: str, rate: Fraction, with_sound: bool
+) -> Generator[VideoFrame | AudioFrame, None, None]:
+    """One clip's frames as the output wants them, picture and sound from one pass over the file,
+    in the order they come in it, so the two tracks are written interleaved."""
     trim = "trim=start_frame=1," if drop_first else ""
     picture_chain = f"{trim}setpts=PTS-STARTPTS,fps={rate},{fit},setsar=1,format=yuv420p"
     with av.open(str(path)) as container:
@@ -397,29 +460,27 @@ def _append(
         video.thread_type = "AUTO"
         graph = av.filter.Graph()
         picture_in = graph.add_buffer(template=video)
-        picture_out = _chain(graph, picture_chain, picture_in, audio=False)
-        audio = container.streams.audio[0] if writer.audio is not None and container.streams.audio else None
-        chains: dict[VideoStream | AudioStream, tuple[FilterContext, FilterContext, Callable[..., None]]] = {
-            video: (picture_in, picture_out, writer.add_video)
+        chains: dict[VideoStream | AudioStream, tuple[FilterContext, FilterContext]] = {
+            video: (picture_in, _chain(graph, picture_chain, picture_in, audio=False))
         }
+        audio = container.streams.audio[0] if with_sound and container.streams.audio else None
         if audio is not None:
             sound_in = graph.add_abuffer(template=audio)
-            sound_out = _chain(graph, _sound_chain(info, video_start, drop_first, rate), sound_in, audio=True)
-            chains[audio] = (sound_in, sound_out, writer.add_audio)
+            sound_chain = _sound_chain(info, video_start, drop_first, rate)
+            chains[audio] = (sound_in, _chain(graph, sound_chain, sound_in, audio=True))
         graph.configure()
         for packet in container.demux(*chains):
-            into, out_of, write = chains[packet.stream]
+            into, out_of = chains[packet.stream]
             for frame in packet.decode():
                 into.push(frame)
-            _drain(out_of, write)
-        for into, out_of, write in chains.values():
+            yield from _ready(out_of)
+        for into, out_of in chains.values():
             into.push(None)
-            _drain(out_of, write, to_end=True)
-    if writer.audio is not None and audio is None:
+            yield from _ready(out_of, to_end=True)
+    if with_sound and audio is None:
         seconds = _sound_seconds(info, drop_first, rate)
         silence = f"anullsrc=r={_AUDIO_RATE}:cl=stereo,atrim=end={seconds:.6f},aformat=sample_fmts=fltp"
-        for frame in source_frames(silence, audio=True):
-            writer.add_audio(frame)
+        yield from source_frames(silence, audio=True)
 
 
 def _sound_seconds(info: ClipInfo, drop_first: bool, rate: Fraction) -> float:
