@@ -107,7 +107,7 @@ def _settled(fake: FakeDiscord, interaction: FakeInteraction) -> bool:
 
 def reencode(workdir: Path) -> None:
     source = workdir / "clip-10s-720p-24fps.mp4"
-    lavfi_clip(source, "testsrc2=s=1280x720:r=24:d=10,noise=alls=14:allf=t+u", "-crf", "20", preset="veryfast")
+    lavfi_clip(source, "testsrc2=s=1280x720:r=24:d=10,noise=alls=14:allf=t+u", options={"crf": "20"}, preset="veryfast")
     before = probe(source)
     out = workdir / "fitted.mp4"
     started = time.perf_counter()

@@ -1,43 +1,56 @@
 """Video file helpers: inspect, check, join, shrink and encode clips.
 
-Every function here blocks (it decodes with PyAV or waits on an ffmpeg subprocess), so async
-callers run them in a thread (``asyncio.to_thread``), never on the event loop.
+Every function here blocks (it decodes and encodes in this process with PyAV), so async callers
+run them in the media pool or a thread, never on the event loop.
 
-The ffmpeg binary is the one imageio-ffmpeg ships, so no system ffmpeg is needed. That build has
-no ffprobe, which is why inspection decodes with PyAV instead. Failures surface as
-``BackendError`` with a message fit for the person who asked: ffmpeg's last error line at most,
-never its command line.
+All of it uses the FFmpeg libraries inside PyAV's wheel, which has libx264 and AAC: one FFmpeg in
+the image, no ffmpeg binary. Joining and shrinking push the decoded frames through libavfilter
+chains (the same filters the ffmpeg command line would use) and encode h264 (yuv420p) with AAC
+sound into an mp4 with its index first (``+faststart``), so a player starts before the download
+ends. Failures surface as ``BackendError`` with a message fit for the person who asked: FFmpeg's
+error text at most, never a file path or filter graph.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-import subprocess
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+import queue
+import re
+import threading
+import time
+from collections.abc import Generator, Iterable, Iterator, Sequence
+from contextlib import closing, contextmanager, nullcontext
+from dataclasses import dataclass
 from fractions import Fraction
 from io import BytesIO
 from pathlib import Path
+from typing import TypeVar
 
 import av
-import imageio_ffmpeg
+import av.filter
 import numpy as np
-from av.video.frame import VideoFrame
+from av.audio.frame import AudioFrame
 from av.audio.stream import AudioStream
+from av.container.output import OutputContainer
+from av.filter.context import FilterContext
+from av.video.frame import VideoFrame
 from av.video.stream import VideoStream
 
 from bot.errors import BackendError
 from bot.models import ClipInfo
 
-FFMPEG_TIMEOUT_S = 300
-"""Longest one ffmpeg run may take; a stuck encode must not hold a runner thread forever."""
+_T = TypeVar("_T")
+
+ENCODE_TIMEOUT_S = 300
+"""Longest one join, shrink or encode may take; a stuck encode must not hold a worker forever."""
 
 _DAMAGED = "The video file is damaged or not a video"
-_H264_OUTPUT = ["-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-movflags", "+faststart"]
-_AAC_OUTPUT = ["-c:a", "aac"]
+_X264_PRESET = "veryfast"
 _AUDIO_RATE = 48_000
 """Sample rate of joined sound (Hz): what Wan's own tracks use."""
+_JOINED_AUDIO_BITRATE = 128_000
+_FASTSTART = {"movflags": "+faststart"}
 
 _SIZE_MARGIN = 0.92
 """Share of the byte budget given to the encoder: x264's rate control overshoots a little."""
@@ -54,11 +67,6 @@ picture needs the bytes more."""
 _MAX_AUDIO_SHARE = 0.2
 """Sound may take at most this share of a shrunk clip's bitrate; past it, it is dropped."""
 _AAC_PACKETS_PER_S = 48_000 / 1024
-
-
-def ffmpeg_exe() -> str:
-    """Path of the bundled ffmpeg binary."""
-    return imageio_ffmpeg.get_ffmpeg_exe()
 
 
 @contextmanager
@@ -124,8 +132,9 @@ def probe(path: Path) -> ClipInfo:
 
 
 def _inspect(path: Path) -> tuple[ClipInfo, float]:
-    """``probe``, plus when the first video frame comes after the file's start (seconds): the
-    offset that lines the sound up with the picture when joining."""
+    """``probe``, plus when the first video frame comes on the file's own clock (seconds): the
+    timestamp PyAV gives decoded sound is on that clock too, so subtracting it lines the sound up
+    with the picture when joining."""
     with _video_stream(path) as stream:
         container = stream.container
         audio = container.streams.audio[0] if container.streams.audio else None
@@ -147,8 +156,6 @@ def _inspect(path: Path) -> tuple[ClipInfo, float]:
         video_start = 0.0
         if stream.start_time is not None and stream.time_base:
             video_start = float(stream.start_time * stream.time_base)
-            if container.start_time is not None:
-                video_start -= container.start_time / av.time_base
         info = ClipInfo(
             duration_s=duration,
             width=stream.codec_context.width,
@@ -160,7 +167,7 @@ def _inspect(path: Path) -> tuple[ClipInfo, float]:
             has_audio=audio is not None,
             audio_duration_s=audio_duration,
         )
-        return info, max(0.0, video_start)
+        return info, video_start
 
 
 def check_clip(
@@ -205,19 +212,185 @@ def first_frame_png(path: Path) -> bytes:
     raise BackendError(_DAMAGED)
 
 
-def _run_ffmpeg(args: list[str], *, what: str, out: Path) -> None:
-    """Run ffmpeg; on failure remove the partial output and report ffmpeg's last error line."""
-    command = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *args]
+@dataclass(frozen=True)
+class _Picture:
+    """How the h264 track is encoded: size, frame rate and x264's rate control (``crf`` for a
+    quality, or ``b``/``maxrate``/``bufsize`` for a byte budget)."""
+
+    width: int
+    height: int
+    rate: Fraction
+    rate_control: dict[str, str]
+
+
+@dataclass(frozen=True)
+class _Sound:
+    """How the AAC track is encoded; frames of another format are converted by PyAV's encoder."""
+
+    rate: int
+    layout: str
+    bit_rate: int
+
+
+@dataclass
+class _Mp4Writer:
+    """An mp4 being written frame by frame. Frames are stamped one after another on each track
+    (video at ``1/rate``, sound at one tick a sample), so whatever a frame carried is ignored:
+    callers hand frames over in playing order, each track without gaps."""
+
+    container: OutputContainer
+    what: str
+    video: VideoStream
+    audio: AudioStream | None
+    deadline: float
+    frames: int = 0
+    samples: int = 0
+
+    def add_video(self, frame: VideoFrame) -> None:
+        """Encode one picture; frames not yet in yuv420p at the track's size are converted."""
+        if time.monotonic() > self.deadline:
+            raise BackendError(f"{self.what} took longer than {ENCODE_TIMEOUT_S} s", retryable=True)
+        context = self.video.codec_context
+        if (frame.format.name, frame.width, frame.height) != ("yuv420p", context.width, context.height):
+            frame = frame.reformat(width=context.width, height=context.height, format="yuv420p")
+        frame.pts, frame.time_base = self.frames, context.time_base
+        self.frames += 1
+        self.container.mux(self.video.encode(frame))
+
+    def add_audio(self, frame: AudioFrame) -> None:
+        """Encode a run of samples; every frame given to one writer must have the same rate,
+        layout and sample format (PyAV's encoder converts them all alike)."""
+        if self.audio is None:
+            return
+        frame.pts, frame.time_base = self.samples, Fraction(1, frame.sample_rate)
+        self.samples += frame.samples
+        self.container.mux(self.audio.encode(frame))
+
+    def finish(self) -> None:
+        """Flush the encoders' delayed packets; the container writes the index when it closes."""
+        self.container.mux(self.video.encode(None))
+        if self.audio is not None:
+            self.container.mux(self.audio.encode(None))
+
+
+@contextmanager
+def _writing(out: Path, *, what: str, picture: _Picture, sound: _Sound | None) -> Iterator[_Mp4Writer]:
+    """An h264 (and AAC when ``sound``) mp4 at ``out``, finished when the block ends.
+
+    When the block fails, the partial file is removed; an FFmpeg error (a decode or encode
+    failure) becomes ``BackendError("<what> failed: <FFmpeg's reason>")``, anything else passes
+    through as itself.
+    """
     try:
-        result = subprocess.run(command, capture_output=True, timeout=FFMPEG_TIMEOUT_S, check=False)
-    except subprocess.TimeoutExpired:
+        with av.open(str(out), "w", format="mp4", options=_FASTSTART) as container:
+            video = container.add_stream("libx264", rate=picture.rate)
+            video.width, video.height, video.pix_fmt = picture.width, picture.height, "yuv420p"
+            video.codec_context.time_base = 1 / picture.rate
+            # frame threads, as many as x264 finds useful, as the ffmpeg command uses: PyAV's
+            # default (slice threads) makes x264 cut every picture into slices, which costs bytes
+            video.codec_context.thread_count, video.codec_context.thread_type = 0, "AUTO"
+            video.codec_context.options = {"preset": _X264_PRESET, **picture.rate_control}
+            audio: AudioStream | None = None
+            if sound is not None:
+                audio = container.add_stream("aac", rate=sound.rate, layout=sound.layout)
+                audio.codec_context.bit_rate = sound.bit_rate
+            writer = _Mp4Writer(container, what, video, audio, time.monotonic() + ENCODE_TIMEOUT_S)
+            yield writer
+            writer.finish()
+    except av.error.FFmpegError as exc:
         out.unlink(missing_ok=True)
-        raise BackendError(f"{what} took longer than {FFMPEG_TIMEOUT_S} s", retryable=True) from None
-    if result.returncode != 0:
+        raise BackendError(f"{what} failed: {exc.strerror or type(exc).__name__}") from exc
+    except BaseException:
         out.unlink(missing_ok=True)
-        lines = [line.strip() for line in result.stderr.decode(errors="replace").splitlines() if line.strip()]
-        detail = lines[-1] if lines else f"ffmpeg exited with status {result.returncode}"
-        raise BackendError(f"{what} failed: {detail}")
+        raise
+
+
+def _chain(graph: av.filter.Graph, description: str, head: FilterContext | None, *, audio: bool) -> FilterContext:
+    """Add a linear filter chain written as ffmpeg's ``-vf`` would take it (``name=args`` joined by
+    commas; ``\\,`` is a comma inside args) after ``head`` (none for a source chain), ending in a
+    sink to pull frames from."""
+    for part in re.split(r"(?<!\\),", description):
+        name, _, args = part.partition("=")
+        node = graph.add(name, args.replace("\\,", ",") or None)
+        if head is not None:
+            head.link_to(node)
+        head = node
+    assert head is not None, "an empty filter chain"
+    sink = graph.add("abuffersink" if audio else "buffersink")
+    head.link_to(sink)
+    return sink
+
+
+def _ready(sink: FilterContext, *, to_end: bool = False) -> Iterator[VideoFrame | AudioFrame]:
+    """Every frame ``sink`` has ready; with ``to_end``, until the chain ends (its input must have
+    been told it ended)."""
+    while True:
+        try:
+            yield sink.pull()
+        except BlockingIOError:
+            if to_end:
+                raise
+            return
+        except av.error.EOFError:
+            return
+
+
+def _ahead(frames: Generator[_T, None, None], depth: int = 16) -> Generator[_T, None, None]:
+    """``frames``, made in a thread up to ``depth`` ahead of the caller, so decoding and filtering
+    overlap encoding as they do in the ffmpeg command (PyAV lets go of the GIL inside FFmpeg).
+    An error making them is raised here; when the caller stops early, the thread stops too."""
+    ready: queue.Queue[tuple[_T | None, BaseException | None]] = queue.Queue(depth)
+    stop = threading.Event()
+    end = (None, None)
+
+    def offer(item: tuple[_T | None, BaseException | None]) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def make() -> None:
+        try:
+            for frame in frames:
+                if not offer((frame, None)):
+                    return
+            offer(end)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller, raised there
+            offer((None, exc))
+        finally:
+            frames.close()
+
+    maker = threading.Thread(target=make, name="media-decode", daemon=True)
+    maker.start()
+    try:
+        while True:
+            frame, error = ready.get()
+            if error is not None:
+                raise error
+            if frame is None:
+                return
+            yield frame
+    finally:
+        stop.set()
+        maker.join()
+
+
+def source_frames(description: str, *, audio: bool = False) -> Iterator[VideoFrame | AudioFrame]:
+    """The frames a libavfilter source chain makes, e.g. ``anullsrc=r=48000:cl=stereo,atrim=end=2``
+    or ``testsrc2=s=320x240:r=16:d=1`` (ffmpeg's ``-f lavfi`` sources): silence for a joined
+    segment that has none, and the tests' synthetic clips. ``audio`` says the chain ends in sound.
+    """
+    graph = av.filter.Graph()
+    sink = _chain(graph, description, None, audio=audio)
+    graph.configure()
+    while True:
+        try:
+            yield sink.pull()
+        except av.error.EOFError:
+            return
 
 
 def concat(paths: Sequence[Path], out: Path, *, drop_first_frame_after_first: bool = True) -> Path:
@@ -247,54 +420,86 @@ def concat(paths: Sequence[Path], out: Path, *, drop_first_frame_after_first: bo
             ) from exc
     first = inspected[0][0]
     width, height = first.width - first.width % 2, first.height - first.height % 2
-    rate = Fraction(first.fps).limit_denominator(1001)
+    picture = _Picture(width, height, Fraction(first.fps).limit_denominator(1001), {"crf": "18"})
     with_sound = any(info.has_audio for info, _ in inspected)
-    inputs: list[str] = []
-    chains: list[str] = []
-    labels: list[str] = []
-    for index, (segment, (info, video_start)) in enumerate(zip(paths, inspected, strict=True)):
-        inputs += ["-i", str(segment)]
-        drop = drop_first_frame_after_first and index > 0
-        trim = "trim=start_frame=1," if drop else ""
-        chains.append(
-            f"[{index}:v:0]{trim}setpts=PTS-STARTPTS,fps={rate},"
-            f"scale={width}:{height}:force_original_aspect_ratio=decrease,"
-            f"pad={width}:{height}:(ow-iw)/2:(oh-ih)/2,setsar=1,format=yuv420p[v{index}]"
-        )
-        labels.append(f"[v{index}]")
-        if with_sound:
-            chains.append(_sound_chain(index, info, video_start, drop, rate))
-            labels.append(f"[a{index}]")
-    streams = "v=1:a=1[joined][sound]" if with_sound else "v=1:a=0[joined]"
-    graph = ";".join([*chains, f"{''.join(labels)}concat=n={len(paths)}:{streams}"])
-    sound = ["-map", "[sound]", *_AAC_OUTPUT, "-b:a", "128k"] if with_sound else ["-an"]
-    _run_ffmpeg(
-        [*inputs, "-filter_complex", graph, "-map", "[joined]", *_H264_OUTPUT, "-crf", "18", *sound, str(out)],
-        what="Joining the video segments",
-        out=out,
-    )
+    sound = _Sound(_AUDIO_RATE, "stereo", _JOINED_AUDIO_BITRATE) if with_sound else None
+    fit = f"scale={width}:{height}:force_original_aspect_ratio=decrease,pad={width}:{height}:(ow-iw)/2:(oh-ih)/2"
+    with _writing(out, what="Joining the video segments", picture=picture, sound=sound) as writer:
+        for index, (segment, (info, video_start)) in enumerate(zip(paths, inspected, strict=True)):
+            drop = drop_first_frame_after_first and index > 0
+            _append(writer, segment, info, video_start, drop_first=drop, fit=fit, rate=picture.rate)
     return out
 
 
-def _sound_chain(index: int, info: ClipInfo, video_start: float, drop_first: bool, rate: Fraction) -> str:
-    """The filter chain giving segment ``index``'s sound exactly the length of its picture.
+def _append(
+    writer: _Mp4Writer, path: Path, info: ClipInfo, video_start: float, *, drop_first: bool, fit: str, rate: Fraction
+) -> None:
+    """Decode one clip into ``writer``: its picture conformed to the output by the ``fit`` scale
+    chain at ``rate``, its sound (when the writer has a track) by ``_sound_chain``, or silence of
+    the picture's length when the clip has none."""
+    made = _conformed(
+        path, info, video_start, drop_first=drop_first, fit=fit, rate=rate, with_sound=writer.audio is not None
+    )
+    with closing(_ahead(made)) as frames:
+        for frame in frames:
+            if isinstance(frame, VideoFrame):
+                writer.add_video(frame)
+            else:
+                writer.add_audio(frame)
 
-    The picture chain turns ``frames`` (less the dropped one) at the segment's own rate into
-    about ``kept / fps * rate`` frames at the output ``rate``; the sound is cut or padded to
-    that many frames' time, starting where the first kept frame starts.
-    """
+
+def _conformed(
+    path: Path, info: ClipInfo, video_start: float, *, drop_first: bool, fit: str, rate: Fraction, with_sound: bool
+) -> Generator[VideoFrame | AudioFrame, None, None]:
+    """One clip's frames as the output wants them, picture and sound from one pass over the file,
+    in the order they come in it, so the two tracks are written interleaved."""
+    trim = "trim=start_frame=1," if drop_first else ""
+    picture_chain = f"{trim}setpts=PTS-STARTPTS,fps={rate},{fit},setsar=1,format=yuv420p"
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        video.thread_type = "AUTO"
+        graph = av.filter.Graph()
+        picture_in = graph.add_buffer(template=video)
+        chains: dict[VideoStream | AudioStream, tuple[FilterContext, FilterContext]] = {
+            video: (picture_in, _chain(graph, picture_chain, picture_in, audio=False))
+        }
+        audio = container.streams.audio[0] if with_sound and container.streams.audio else None
+        if audio is not None:
+            sound_in = graph.add_abuffer(template=audio)
+            sound_chain = _sound_chain(info, video_start, drop_first, rate)
+            chains[audio] = (sound_in, _chain(graph, sound_chain, sound_in, audio=True))
+        graph.configure()
+        for packet in container.demux(*chains):
+            into, out_of = chains[packet.stream]
+            for frame in packet.decode():
+                into.push(frame)
+            yield from _ready(out_of)
+        for into, out_of in chains.values():
+            into.push(None)
+            yield from _ready(out_of, to_end=True)
+    if with_sound and audio is None:
+        seconds = _sound_seconds(info, drop_first, rate)
+        silence = f"anullsrc=r={_AUDIO_RATE}:cl=stereo,atrim=end={seconds:.6f},aformat=sample_fmts=fltp"
+        yield from source_frames(silence, audio=True)
+
+
+def _sound_seconds(info: ClipInfo, drop_first: bool, rate: Fraction) -> float:
+    """How long a segment's picture lasts in the result: ``frames`` (less the dropped one) at the
+    segment's own rate become about ``kept / fps * rate`` frames at the output ``rate``."""
     own_fps = info.fps or float(rate)
     kept = info.frames - (1 if drop_first else 0)
-    frames_out = max(1, round(kept / own_fps * float(rate)))
-    seconds = float(frames_out / rate)
-    if not info.has_audio:
-        return f"anullsrc=r={_AUDIO_RATE}:cl=stereo,atrim=end={seconds:.6f}[a{index}]"
-    skip = 1 / own_fps if drop_first else 0.0
+    return float(max(1, round(kept / own_fps * float(rate))) / rate)
+
+
+def _sound_chain(info: ClipInfo, video_start: float, drop_first: bool, rate: Fraction) -> str:
+    """The filter chain giving a segment's sound exactly the length of its picture in the result
+    (``_sound_seconds``), cut or padded, starting where the first kept frame starts."""
+    skip = 1 / (info.fps or float(rate)) if drop_first else 0.0
     return (
-        f"[{index}:a:0]asetpts=PTS-{video_start:.6f}/TB,"
+        f"asetpts=PTS-{video_start:.6f}/TB,"
         f"aresample={_AUDIO_RATE}:async=1:first_pts=0,"
         f"atrim=start={skip:.6f},asetpts=PTS-STARTPTS,"
-        f"aformat=sample_fmts=fltp:channel_layouts=stereo,apad,atrim=end={seconds:.6f}[a{index}]"
+        f"aformat=sample_fmts=fltp:channel_layouts=stereo,apad,atrim=end={_sound_seconds(info, drop_first, rate):.6f}"
     )
 
 
@@ -302,16 +507,23 @@ def strip_audio(path: Path, out: Path) -> Path:
     """The clip without its sound track, for a job that asked for none (``--silent``) from a
     model that always makes sound (fal's and Replicate's Wan 2.5).
 
-    The picture is copied, not re-encoded, so this is fast and loses nothing. Returns ``path``
-    itself when it has no sound to remove.
+    The picture's packets are copied, not re-encoded, so this is fast and loses nothing. Returns
+    ``path`` itself when it has no sound to remove.
     """
     if not probe(path).has_audio:
         return path
-    _run_ffmpeg(
-        ["-i", str(path), "-map", "0:v:0", "-c", "copy", "-an", "-sn", "-dn", "-movflags", "+faststart", str(out)],
-        what="Removing the sound",
-        out=out,
-    )
+    try:
+        with av.open(str(path)) as source, av.open(str(out), "w", format="mp4", options=_FASTSTART) as copy:
+            video = source.streams.video[0]
+            copied = copy.add_stream_from_template(video)
+            for packet in source.demux(video):
+                if packet.dts is None:  # the demuxer's end-of-stream marker
+                    continue
+                packet.stream = copied
+                copy.mux(packet)
+    except av.error.FFmpegError as exc:
+        out.unlink(missing_ok=True)
+        raise BackendError(f"Removing the sound failed: {exc.strerror or type(exc).__name__}") from exc
     return out
 
 
@@ -346,7 +558,7 @@ def fit_to_size(path: Path, out: Path, max_bytes: int) -> Path:
     """
     if path.stat().st_size <= max_bytes:
         return path
-    info = probe(path)
+    info, video_start = _inspect(path)
     seconds = max(info.duration_s, 0.1)
     too_big = BackendError(
         f"The {info.duration_s:.1f}-second video cannot fit under {_format_size(max_bytes)} "
@@ -358,22 +570,17 @@ def fit_to_size(path: Path, out: Path, max_bytes: int) -> Path:
     if audio_bitrate:
         total -= _MP4_BYTES_PER_FRAME * _AAC_PACKETS_PER_S * 8
     bitrate = total - audio_bitrate
-    sound = ["-map", "0:a:0", *_AAC_OUTPUT, "-b:a", str(audio_bitrate)] if audio_bitrate else ["-an"]
+    sound = _Sound(_AUDIO_RATE, "stereo", audio_bitrate) if audio_bitrate else None
+    rate = Fraction(info.fps).limit_denominator(1001)
     for _ in range(_FIT_ATTEMPTS):
         if bitrate < _MIN_VIDEO_BITRATE:
             break
         width, height = _picture_for(info, bitrate)
         kbps = int(bitrate / 1000)
-        _run_ffmpeg(
-            [
-                "-i", str(path), "-map", "0:v:0", *sound, "-sn", "-dn",
-                "-vf", f"scale={width}:{height},setsar=1", *_H264_OUTPUT,
-                "-b:v", f"{kbps}k", "-maxrate", f"{kbps * 3 // 2}k", "-bufsize", f"{kbps * 2}k",
-                str(out),
-            ],
-            what="Shrinking the video",
-            out=out,
-        )
+        budget = {"b": f"{kbps}k", "maxrate": f"{kbps * 3 // 2}k", "bufsize": f"{kbps * 2}k"}
+        picture = _Picture(width, height, rate, budget)
+        with _writing(out, what="Shrinking the video", picture=picture, sound=sound) as writer:
+            _append(writer, path, info, video_start, drop_first=False, fit=f"scale={width}:{height}", rate=rate)
         size = out.stat().st_size
         if size <= max_bytes:
             return out
@@ -408,7 +615,7 @@ def encode_frames(
     be even: yuv420p, the pixel format every player accepts, halves the chroma planes. When the
     frame iterator raises (the simulator's cancel does), the partial file is removed and the
     exception passes through. ``audio`` is a sound file (the simulator's tone, a WAV) muxed in
-    as AAC; it should last as long as the frames do.
+    as AAC at its own rate and channels; it should last as long as the frames do.
     """
     if width % 2 or height % 2:
         raise ValueError(f"width and height must be even for yuv420p, got {width}x{height}")
@@ -416,43 +623,40 @@ def encode_frames(
     first = next(iterator, None)
     if first is None:
         raise ValueError("encode_frames needs at least one frame")
-    writer = imageio_ffmpeg.write_frames(
-        str(out),
-        (width, height),
-        fps=fps,
-        codec="libx264",
-        quality=None,
-        macro_block_size=1,
-        ffmpeg_log_level="error",
-        ffmpeg_timeout=FFMPEG_TIMEOUT_S,
-        output_params=["-preset", "veryfast", "-crf", "18", "-movflags", "+faststart"]
-        + (["-b:a", "128k"] if audio is not None else []),
-        audio_path=str(audio) if audio is not None else None,
-        audio_codec="aac" if audio is not None else None,
-    )
-    writer.send(None)
-    try:
-        for index, frame in enumerate(itertools.chain([first], iterator)):
-            writer.send(_rgb24_bytes(frame, width, height, index))
-    except BaseException as exc:
-        writer.close()
-        out.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise BackendError("Encoding the video frames failed: ffmpeg stopped early") from exc
-        raise
-    writer.close()
-    if not out.is_file() or out.stat().st_size == 0:
-        raise BackendError("Encoding the video frames failed: ffmpeg wrote nothing")
+    with av.open(str(audio)) if audio is not None else nullcontext() as sound_file:
+        sound: _Sound | None = None
+        if sound_file is not None:
+            track = sound_file.streams.audio[0]
+            # a WAV's layout is often just "1 channels", which the AAC encoder refuses
+            sound = _Sound(track.rate, "mono" if track.channels == 1 else "stereo", 128_000)
+        picture = _Picture(width, height, Fraction(fps), {"crf": "18"})
+        with _writing(out, what="Encoding the video frames", picture=picture, sound=sound) as writer:
+            samples = sound_file.decode(audio=0) if sound_file is not None else iter(())
+            for index, frame in enumerate(itertools.chain([first], iterator)):
+                writer.add_video(_rgb24_frame(frame, width, height, index))
+                _write_sound_until(writer, samples, (index + 1) / fps)
+            _write_sound_until(writer, samples, math.inf)
     return out
 
 
-def _rgb24_bytes(frame: np.ndarray | bytes, width: int, height: int, index: int) -> bytes:
+def _write_sound_until(writer: _Mp4Writer, samples: Iterator[AudioFrame], seconds: float) -> None:
+    """Mux the sound up to ``seconds`` into the clip, so both tracks are written interleaved."""
+    while writer.audio is not None and writer.samples < seconds * writer.audio.codec_context.sample_rate:
+        frame = next(samples, None)
+        if frame is None:
+            return
+        writer.add_audio(frame)
+
+
+def _rgb24_frame(frame: np.ndarray | bytes, width: int, height: int, index: int) -> VideoFrame:
     """Check one frame's type and size, so a wrong shape fails loudly instead of as skewed video."""
     if isinstance(frame, np.ndarray):
         if frame.dtype != np.uint8:
             raise ValueError(f"frame {index} is {frame.dtype}; RGB24 frames are uint8")
-        frame = frame.tobytes()
+        data = frame.tobytes()
+    else:
+        data = bytes(frame)
     expected = width * height * 3
-    if len(frame) != expected:
-        raise ValueError(f"frame {index} has {len(frame)} bytes; {width}x{height} RGB24 needs {expected}")
-    return bytes(frame)
+    if len(data) != expected:
+        raise ValueError(f"frame {index} has {len(data)} bytes; {width}x{height} RGB24 needs {expected}")
+    return VideoFrame.from_ndarray(np.frombuffer(data, np.uint8).reshape(height, width, 3), format="rgb24")

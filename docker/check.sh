@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The Docker path, checked the way a new admin takes it, from a fresh clone of this repository:
-# copy .env.example to .env unchanged (plus the simulator service's URL), build the image, start
-# the bot and the simulator with Compose, make a clip through the simulator service, check
-# /healthz, then `docker stop` the bot and expect a clean exit. Prints each step; exits non-zero
-# at the first that fails. Cleans up its containers, volumes and clone.
+# copy .env.example to .env unchanged (plus the simulator service's URL), build the image, check
+# that it holds one FFmpeg (PyAV's), start the bot and the simulator with Compose, make a clip
+# through the simulator service, check /healthz, then `docker stop` the bot and expect a clean
+# exit. Prints each step; exits non-zero at the first that fails. Cleans up its containers,
+# volumes and clone.
 #
 #   docker/check.sh                      clone the current commit of this repository
 #   BUILD_NETWORK=host docker/check.sh   build with the host's network (hosts without a bridge)
@@ -45,6 +46,14 @@ docker build --quiet --network "${BUILD_NETWORK:-default}" ${PYTHON_IMAGE:+--bui
     -f docker/Dockerfile -t videobot:latest .
 echo "built in $(( $(date +%s) - start )) s"
 docker image inspect videobot:latest --format 'user={{.Config.User}} healthcheck={{json .Config.Healthcheck.Test}}'
+
+step "one FFmpeg in the image: the libavcodec in PyAV's wheel, no ffmpeg binary"
+docker run --rm --network none --user 0 videobot:latest \
+    find / -xdev \( -name 'libavcodec*' -o -name 'ffmpeg*' \) -type f 2>/dev/null | tee "$work/ffmpeg.txt"
+copies="$(grep -c '/libavcodec[^/]*$' "$work/ffmpeg.txt" || true)"
+binaries="$(grep -c '/ffmpeg[^/]*$' "$work/ffmpeg.txt" || true)"
+echo "libavcodec copies: $copies, ffmpeg files: $binaries"
+[[ "$copies" == 1 && "$binaries" == 0 ]]
 
 step "docker compose up -d (bot + simulator)"
 "${compose[@]}" up -d --no-build 2>&1

@@ -1,27 +1,57 @@
-"""Test clips made by ffmpeg's own synthetic sources (lavfi), for tests and benchmarks."""
+"""Test clips made from FFmpeg's own synthetic sources (the ``-f lavfi`` ones), encoded with PyAV,
+for tests and benchmarks."""
 
 from __future__ import annotations
 
-import subprocess
+from fractions import Fraction
 from pathlib import Path
 
-from bot.media import ffmpeg_exe
+import av
+from av.audio.frame import AudioFrame
+from av.video.frame import VideoFrame
+
+from bot.media import source_frames
 
 
 def lavfi_clip(
-    path: Path, source: str, *options: str, preset: str = "ultrafast", audio: str | None = None
+    path: Path,
+    source: str,
+    *,
+    preset: str = "ultrafast",
+    options: dict[str, str] | None = None,
+    audio: str | None = None,
+    audio_delay_s: float = 0.0,
 ) -> Path:
-    """Encode ``source`` (e.g. ``testsrc2=s=320x240:r=16:d=1``) to an h264 mp4 at ``path``;
-    ``options`` are extra encoder arguments such as ``-crf 20`` or ``-g 1``. ``audio`` adds a
-    sound track from a second lavfi source (e.g. ``sine=f=440:d=1``), AAC, as providers whose
-    models make sound return it."""
-    sound = ["-f", "lavfi", "-i", audio] if audio else []
-    sound_codec = ["-c:a", "aac", "-b:a", "64k", "-shortest"] if audio else []
-    subprocess.run(
-        [ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "lavfi", "-i", source, *sound,
-         "-c:v", "libx264", "-preset", preset, "-pix_fmt", "yuv420p", *sound_codec, *options, str(path)],
-        check=True,
-    )
+    """Encode ``source`` (e.g. ``testsrc2=s=320x240:r=16:d=1``) to an h264 mp4 at ``path``, index
+    first; ``options`` are extra x264 settings such as ``{"crf": "20"}`` or ``{"g": "1"}``.
+    ``audio`` adds a sound track from a second source (e.g. ``sine=f=440:d=1``), AAC, as
+    providers whose models make sound return it, starting ``audio_delay_s`` after the picture;
+    sound past the picture's end is left out."""
+    pictures = source_frames(source)
+    sounds = source_frames(audio, audio=True) if audio else iter(())
+    picture, sound = next(pictures), next(sounds, None)
+    assert isinstance(picture, VideoFrame), f"{source} makes no picture"
+    with av.open(str(path), "w", format="mp4", options={"movflags": "+faststart"}) as container:
+        video = container.add_stream("libx264", rate=Fraction(1) / picture.time_base)
+        video.width, video.height, video.pix_fmt = picture.width, picture.height, "yuv420p"
+        video.codec_context.time_base = picture.time_base
+        video.codec_context.options = {"preset": preset, **(options or {})}
+        track = None
+        if isinstance(sound, AudioFrame):
+            track = container.add_stream("aac", rate=sound.sample_rate, layout=sound.layout.name)
+            track.codec_context.bit_rate = 64_000
+        delay = round(audio_delay_s * sound.sample_rate) if sound is not None else 0
+        frame_s = float(picture.time_base)
+        while picture is not None:
+            while track is not None and sound is not None and sound.time + audio_delay_s < picture.time + frame_s:
+                sound.pts += delay
+                container.mux(track.encode(sound))
+                sound = next(sounds, None)
+            container.mux(video.encode(picture.reformat(format="yuv420p")))
+            picture = next(pictures, None)
+        container.mux(video.encode(None))
+        if track is not None:
+            container.mux(track.encode(None))
     return path
 
 

@@ -356,7 +356,7 @@ async def test_buttons_work_after_the_client_restarts(make_world: WorldFactory) 
 
 def make_big_clip(path: Path) -> Path:
     """An 18+ MiB, 5 s, 1280x720, 16 fps h264 clip: intra-only frames of fine grain."""
-    lavfi_clip(path, "color=c=gray:s=1280x720:r=16:d=5,noise=alls=40:allf=u", "-qp", "33", "-g", "1", "-movflags", "+faststart")
+    lavfi_clip(path, "color=c=gray:s=1280x720:r=16:d=5,noise=alls=40:allf=u", options={"qp": "33", "g": "1"})
     return path
 
 

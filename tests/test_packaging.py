@@ -3,6 +3,7 @@ CUDA tests may be skipped."""
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
 import os
@@ -11,6 +12,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+import av
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,6 +29,27 @@ def test_the_test_extra_names_no_gpu_package() -> None:
     assert not [r for r in test if r.startswith(HEAVY) or "[gpu" in r]
     assert {"hypothesis", "trustme", "pytest-timeout"} <= {r.split(">")[0].split("=")[0] for r in test}
     assert any(r.startswith("torch") for r in _extras()["gpu"])
+
+
+@pytest.mark.timeout(30)
+def test_one_ffmpeg_the_one_in_pyavs_wheel_and_no_imageio_ffmpeg() -> None:
+    """PyAV's wheel already holds FFmpeg with libx264 and AAC; a second copy (imageio-ffmpeg's
+    binary) would only grow the image, so nothing may list or import one."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    listed = [r for r in project["dependencies"] + sum(project["optional-dependencies"].values(), []) if "imageio" in r]
+    assert listed == []
+    offenders: list[str] = []
+    for folder in ("bot", "adapters", "storage", "tests", "benchmarks"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+                if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                    names = [node.module]
+                if any(name.split(".")[0] == "imageio_ffmpeg" for name in names):
+                    offenders.append(str(path.relative_to(ROOT)))
+    docker = [p for p in (ROOT / "docker").iterdir() if p.is_file() and "imageio" in p.read_text(errors="replace")]
+    assert offenders == [] and docker == []
+    assert {"libx264", "aac"} <= av.codecs_available, "PyAV's FFmpeg must encode h264 and AAC itself"
 
 
 @pytest.mark.timeout(300)

@@ -106,7 +106,7 @@ class DiffusersGenerator:
         future.add_done_callback(self._leave_queue_if_canceled)
         frames = await _await_unless_canceled(future, job.stop, cancel)
         on_progress(DENOISE_SHARE + (1 - DENOISE_SHARE) / 2)
-        partial = dest.with_name(f"{dest.stem}.part{dest.suffix}")  # ffmpeg picks the container by suffix
+        partial = dest.with_name(f"{dest.stem}.part{dest.suffix}")
         try:
             await asyncio.to_thread(
                 media.encode_frames,

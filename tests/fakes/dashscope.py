@@ -28,7 +28,7 @@ what DashScope does, not against what the backend expects:
 - ``output.video_url`` is a signed OSS-style link on another port (another origin) whose ``Expires`` is
   checked (expired: 403, as OSS answers); the clip is an h264 mp4 with an AAC tone when the
   model makes sound and ``audio`` was not false, at the asked duration and at the asked size
-  divided by ``shrink`` (8 unless a test needs the real size), made by ffmpeg's lavfi sources;
+  divided by ``shrink`` (8 unless a test needs the real size), made from FFmpeg's lavfi sources;
 - ``queue(route, Reply(...))`` scripts the next answers of a route (a 429 ``Throttling`` with
   ``Retry-After``, a 500); every request is recorded with its arrival time, and submits are
   counted per prompt.

@@ -14,9 +14,9 @@ its Python client, so ``FalBackend`` is tested over real TLS and real HTTP:
   aspect ratios, prompt up to 800 characters, image sides 360–2000 px, no unknown field; Wan
   2.2 A14B's frame counts), or a 500 for a failed request;
 - ``PUT cancel_url`` answers 202 ``CANCELLATION_REQUESTED`` while queued, 400 after;
-- the clip comes from a second origin standing for fal.media, on an expiring URL, made by
-  ffmpeg as long as asked, with a sound track from wan-25 (it always makes sound) and without
-  one from Wan 2.2;
+- the clip comes from a second origin standing for fal.media, on an expiring URL, made from
+  FFmpeg's lavfi sources as long as asked, with a sound track from wan-25 (it always makes
+  sound) and without one from Wan 2.2;
 - ``fal-ai/wan-flf2v`` (Wan 2.1 first-last-frame) needs ``start_image_url`` and
   ``end_image_url`` (sides 360–2000 px), ``num_frames`` 81–100, ``frames_per_second`` 5–24,
   resolution 480p/720p; its clip *honours the frames*: a crossfade from the start image to the
