@@ -3,7 +3,9 @@
 One thread means one SQLite connection doing every write in order, so the service never
 contends with itself for the write lock, and the event loop never blocks on disk. Work is
 taken by priority: a person waiting on ``submit`` or ``cancel`` goes before the runner's
-background bookkeeping, so a busy runner does not slow down the answer to a slash command.
+background bookkeeping, so a busy runner does not slow down the answer to a slash command;
+and background work waits while a request is being acked (``Foreground``), so this thread does
+not take the GIL from the event loop at the moment an ack is due.
 
 A store that refuses writes for a while (a read-only file, a full disk, a lost or restarting
 PostgreSQL server) raises ``StoreUnavailable`` from every call that meets it, and
@@ -27,6 +29,7 @@ from typing import Any, ParamSpec, TypeVar
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from bot.errors import StoreUnavailable
+from bot.foreground import Foreground
 from storage.repository import JobRepository
 
 log = logging.getLogger(__name__)
@@ -43,6 +46,9 @@ PERSIST_MAX_WAIT_S = 5.0
 class Database:
     def __init__(self, repo: JobRepository) -> None:
         self.repo = repo
+        self.foreground = Foreground()
+        """The process's one (see ``bot.foreground``): the adapters raise it while they ack; the
+        runner and this thread's background work wait on it."""
         self._work: queue.PriorityQueue[tuple[int, int, Any]] = queue.PriorityQueue()
         self._order = itertools.count()
         self.unwritable: str | None = None
@@ -107,6 +113,8 @@ class Database:
             if priority == _STOP:
                 return
             call, future, loop = item
+            if priority == _BACKGROUND:
+                self.foreground.wait_in_thread()
             try:
                 try:
                     result = call()

@@ -186,6 +186,7 @@ class Runner:
                 log.exception("dispatch failed; retrying on the next tick")
 
     async def _fill(self) -> None:
+        await self.service.foreground.turn()
         if not self.may_drive():
             return
         busy = Counter(self._running_on.values())
@@ -278,6 +279,7 @@ class Runner:
             raise LeaseLapsed
 
     async def _step(self, job: Job) -> Job:
+        await self.service.foreground.turn()
         self._fence()
         state = job.job_state
         if state is JobState.QUEUED:
@@ -325,6 +327,7 @@ class Runner:
         delay = self.options.first_poll_s
         backend = self._backend(job)
         while True:
+            await self.service.foreground.turn()
             self._fence()
             await self._still_wanted(job, backend)
             state = await backend.poll(job.task_id or "")
