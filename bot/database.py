@@ -41,6 +41,8 @@ _INTERACTIVE, _BACKGROUND, _STOP = 0, 1, 2
 
 PERSIST_FIRST_WAIT_S = 0.25
 PERSIST_MAX_WAIT_S = 5.0
+HOLD_RECHECK_S = 0.02
+"""While background work is held back for an ack, how often this thread looks for a person's query."""
 
 
 class Database:
@@ -109,12 +111,14 @@ class Database:
 
     def _serve(self) -> None:
         while True:
-            priority, _, item = self._work.get()
+            priority, order, item = self._work.get()
             if priority == _STOP:
                 return
+            if priority == _BACKGROUND and self.foreground.holding:
+                self._work.put((priority, order, item))  # back in its place, behind any person's query
+                self.foreground.wait_in_thread(HOLD_RECHECK_S)
+                continue
             call, future, loop = item
-            if priority == _BACKGROUND:
-                self.foreground.wait_in_thread()
             try:
                 try:
                     result = call()

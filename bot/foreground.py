@@ -7,13 +7,13 @@ keep the loop and the database thread busy, and every step of every ack then wai
 queue of runner callbacks, several times over. Moving the media work to other processes did
 not change that (benchmarks/README.md); holding the background work back does.
 
-An adapter wraps the handling of each request that has a deadline in ``serving()``, and says
-``arrived()`` as soon as it knows one is coming (a connection accepted). Background
-work waits for its turn before it starts its next piece: the runner's coroutines await
-``turn()`` (before a job's step, a poll, a dispatch) and the database thread calls
-``wait_in_thread()`` before a background query. While a request is being served, and for
-``quiet_s`` after the last one arrived or was answered (requests in a burst arrive a little
-apart, and a busy loop takes a while from a connection to its request), no new piece
+An adapter wraps the handling of each request that has a deadline in ``serving()``, and calls
+``arrived()`` as soon as it knows one is coming (a connection accepted). Background work waits
+for its turn before it starts its next piece: the runner's coroutines await ``turn()`` (before
+a job's step, a poll, a dispatch), and the database thread puts a background query back in
+line while ``holding`` (a person's query still goes first). While a request is being served,
+and for ``quiet_s`` after the last one arrived or was answered (requests in a burst arrive a
+little apart, and a busy loop takes a while from a connection to its request), no new piece
 begins; pieces already begun go on. A busy spell holds background work back for ``max_wait_s``
 at most, then lets it all run until the next calm moment, so a steady stream of requests slows
 jobs down but never stalls them.
@@ -73,10 +73,16 @@ class Foreground:
                 self._calm.set()
                 self._calm_for_threads.set()
 
+    @property
+    def holding(self) -> bool:
+        """Whether background work should wait now: ``busy``, in a spell not yet ``max_wait_s`` old."""
+        return self.busy and time.monotonic() < self._busy_since + self._max_wait_s
+
     async def turn(self) -> None:
         """Return once nothing is being served and nothing was for ``quiet_s``, or once this
         busy spell is ``max_wait_s`` old; at once, without yielding to the loop, when calm."""
-        while self.busy and (left := self._held_until() - time.monotonic()) > 0:
+        while self.holding:
+            left = self._busy_since + self._max_wait_s - time.monotonic()
             if self._serving:
                 try:
                     async with asyncio.timeout(left):
@@ -86,13 +92,12 @@ class Foreground:
             else:
                 await asyncio.sleep(min(self._last_seen + self._quiet_s - time.monotonic(), left))
 
-    def wait_in_thread(self) -> None:
-        """``turn`` for a thread other than the event loop's: block it instead of awaiting."""
-        while self.busy and (left := self._held_until() - time.monotonic()) > 0:
+    def wait_in_thread(self, at_most_s: float) -> None:
+        """Block a thread other than the event loop's while ``holding``, for ``at_most_s`` at
+        most, so it can look again at what else it has to do."""
+        until = time.monotonic() + at_most_s
+        while self.holding and (left := min(until, self._busy_since + self._max_wait_s) - time.monotonic()) > 0:
             if self._serving:
                 self._calm_for_threads.wait(left)
             else:
                 time.sleep(max(0.0, min(self._last_seen + self._quiet_s - time.monotonic(), left)))
-
-    def _held_until(self) -> float:
-        return self._busy_since + self._max_wait_s
