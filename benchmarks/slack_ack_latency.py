@@ -20,7 +20,8 @@ Two conditions, each with its own videobot process (``--mode idle``, ``busy`` or
 - **busy**: the runner started against a zero-latency simulator in its own process (cached
   clips), and videobot keeping ``--busy-jobs`` jobs in flight throughout (submitted for
   Slack users, so each one is fetched, probed, one in ten joined from two segments, and posted
-  to the fake Slack); the measured ``/video`` requests arrive on top of that.
+  to the fake Slack); the measured ``/video`` requests arrive on top of that. The load submits
+  after waiting its turn in the core's ``Foreground``, as submits from the Slack listeners do.
 
     python benchmarks/slack_ack_latency.py --requests 200 --rounds 6
     python benchmarks/slack_ack_latency.py --mode busy --busy-jobs 200

@@ -15,13 +15,15 @@ line while ``holding`` (a person's query still goes first). While a request is b
 and for ``quiet_s`` after the last one arrived or was answered (requests in a burst arrive a
 little apart, and a busy loop takes a while from a connection to its request), no new piece
 begins; pieces already begun go on. A busy spell holds background work back for ``max_wait_s``
-at most, then lets it all run until the next calm moment, so a steady stream of requests slows
-jobs down but never stalls them.
+at most (3 s: Slack's own deadline for an ack, past which holding back helps no one), then
+lets it all run until the next calm moment, so a steady stream of requests slows jobs down but
+never stalls them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 import time
 from collections.abc import Iterator
@@ -31,7 +33,7 @@ __all__ = ["Foreground"]
 
 
 class Foreground:
-    def __init__(self, *, quiet_s: float = 0.2, max_wait_s: float = 2.0) -> None:
+    def __init__(self, *, quiet_s: float = 0.2, max_wait_s: float = 3.0) -> None:
         self._quiet_s = quiet_s
         self._max_wait_s = max_wait_s
         self._serving = 0
@@ -80,7 +82,11 @@ class Foreground:
 
     async def turn(self) -> None:
         """Return once nothing is being served and nothing was for ``quiet_s``, or once this
-        busy spell is ``max_wait_s`` old; at once, without yielding to the loop, when calm."""
+        busy spell is ``max_wait_s`` old; at once, without yielding to the loop, when calm.
+
+        Work that was held resumes spread over ``quiet_s``, not all in one turn of the loop: a
+        request arriving just then is not queued behind all of it, and what has not resumed
+        yet waits again."""
         while self.holding:
             left = self._busy_since + self._max_wait_s - time.monotonic()
             if self._serving:
@@ -91,6 +97,7 @@ class Foreground:
                     return
             else:
                 await asyncio.sleep(min(self._last_seen + self._quiet_s - time.monotonic(), left))
+            await asyncio.sleep(random.uniform(0, self._quiet_s))
 
     def wait_in_thread(self, at_most_s: float) -> None:
         """Block a thread other than the event loop's while ``holding``, for ``at_most_s`` at

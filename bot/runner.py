@@ -7,7 +7,8 @@ names. A stored task id is polled, never resubmitted. Every write the runner mak
 ``Database.persist``: while the store refuses writes a job waits at its next transition and
 goes on once writes land, instead of dying half-moved. Dispatch is fair within each backend's
 concurrency: among queued jobs it starts the oldest job of the user with the fewest jobs in
-flight, so one person's ten jobs don't starve another's one.
+flight, so one person's ten jobs don't starve another's one. Each step, poll and dispatch
+first waits its turn behind any request an adapter is acking (``bot.foreground``).
 """
 
 from __future__ import annotations

@@ -11,8 +11,9 @@ Two ways to hear from Slack, chosen by settings:
 Every Web API call, Socket Mode's ``apps.connections.open`` included, goes to
 ``SLACK_API_URL``: Slack's by default, another host for GovSlack, a fake one in the tests.
 
-Each request, from the moment it reaches Bolt until its ack is sent, is served in the core's
-``Foreground``: the runner starts no new step meanwhile, so a busy runner does not delay acks.
+Each request, from the moment its connection is accepted (HTTP mode) or it reaches Bolt (Socket
+Mode) until its ack is sent, is served in the core's ``Foreground``: the runner starts no new
+step meanwhile, so a runner busy with hundreds of jobs does not delay acks.
 """
 
 from __future__ import annotations
