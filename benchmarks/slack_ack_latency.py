@@ -20,7 +20,8 @@ Two conditions, each with its own videobot process (``--mode idle``, ``busy`` or
 - **busy**: the runner started against a zero-latency simulator in its own process (cached
   clips), and videobot keeping ``--busy-jobs`` jobs in flight throughout (submitted for
   Slack users, so each one is fetched, probed, one in ten joined from two segments, and posted
-  to the fake Slack); the measured ``/video`` requests arrive on top of that.
+  to the fake Slack); the measured ``/video`` requests arrive on top of that. The load submits
+  after waiting its turn in the core's ``Foreground``, as submits from the Slack listeners do.
 
     python benchmarks/slack_ack_latency.py --requests 200 --rounds 6
     python benchmarks/slack_ack_latency.py --mode busy --busy-jobs 200
@@ -34,6 +35,7 @@ import argparse
 import asyncio
 import json
 import logging
+import signal
 import statistics
 import subprocess
 import sys
@@ -158,6 +160,8 @@ async def _keep_in_flight(core: Any, target: int) -> None:
 
     reported = time.perf_counter()
     while True:
+        # Submits made through the Slack listeners wait for a quiet moment (pacing.AckFirst); so do these.
+        await core.service.foreground.turn()
         missing = min(target - core.runner.active_count, 25)
         if missing > 0:
             await asyncio.gather(*(one(made + i) for i in range(missing)))
@@ -343,6 +347,8 @@ def main() -> None:
     elif args.serve == "bare":
         asyncio.run(_serve_bare(args.api_url))
     elif args.serve == "videobot":
+        # Exit (not die) when the driver terminates it, so the media pool's workers exit too.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         asyncio.run(_serve_videobot(args.api_url, args.data_dir, args.simulator_url, args.busy_jobs if args.simulator_url else 0))
     else:
         asyncio.run(_drive(args.requests, args.rounds, args.warmup, args.self_check, args.mode, args.busy_jobs))

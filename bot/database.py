@@ -3,7 +3,9 @@
 One thread means one SQLite connection doing every write in order, so the service never
 contends with itself for the write lock, and the event loop never blocks on disk. Work is
 taken by priority: a person waiting on ``submit`` or ``cancel`` goes before the runner's
-background bookkeeping, so a busy runner does not slow down the answer to a slash command.
+background bookkeeping, so a busy runner does not slow down the answer to a slash command;
+and background work waits while a request is being acked (``Foreground``), so this thread does
+not take the GIL from the event loop at the moment an ack is due.
 
 A store that refuses writes for a while (a read-only file, a full disk, a lost or restarting
 PostgreSQL server) raises ``StoreUnavailable`` from every call that meets it, and
@@ -27,6 +29,7 @@ from typing import Any, ParamSpec, TypeVar
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from bot.errors import StoreUnavailable
+from bot.foreground import Foreground
 from storage.repository import JobRepository
 
 log = logging.getLogger(__name__)
@@ -38,11 +41,16 @@ _INTERACTIVE, _BACKGROUND, _STOP = 0, 1, 2
 
 PERSIST_FIRST_WAIT_S = 0.25
 PERSIST_MAX_WAIT_S = 5.0
+HOLD_RECHECK_S = 0.02
+"""While background work is held back for an ack, how often this thread looks for a person's query."""
 
 
 class Database:
     def __init__(self, repo: JobRepository) -> None:
         self.repo = repo
+        self.foreground = Foreground()
+        """The process's one (see ``bot.foreground``): the adapters raise it while they ack; the
+        runner and this thread's background work wait on it."""
         self._work: queue.PriorityQueue[tuple[int, int, Any]] = queue.PriorityQueue()
         self._order = itertools.count()
         self.unwritable: str | None = None
@@ -103,9 +111,13 @@ class Database:
 
     def _serve(self) -> None:
         while True:
-            priority, _, item = self._work.get()
+            priority, order, item = self._work.get()
             if priority == _STOP:
                 return
+            if priority == _BACKGROUND and self.foreground.holding:
+                self._work.put((priority, order, item))  # back in its place, behind any person's query
+                self.foreground.wait_in_thread(HOLD_RECHECK_S)
+                continue
             call, future, loop = item
             try:
                 try:

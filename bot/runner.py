@@ -7,7 +7,8 @@ names. A stored task id is polled, never resubmitted. Every write the runner mak
 ``Database.persist``: while the store refuses writes a job waits at its next transition and
 goes on once writes land, instead of dying half-moved. Dispatch is fair within each backend's
 concurrency: among queued jobs it starts the oldest job of the user with the fewest jobs in
-flight, so one person's ten jobs don't starve another's one.
+flight, so one person's ten jobs don't starve another's one. Each step, poll and dispatch
+first waits its turn behind any request an adapter is acking (``bot.foreground``).
 """
 
 from __future__ import annotations
@@ -186,6 +187,7 @@ class Runner:
                 log.exception("dispatch failed; retrying on the next tick")
 
     async def _fill(self) -> None:
+        await self.service.foreground.turn()
         if not self.may_drive():
             return
         busy = Counter(self._running_on.values())
@@ -278,6 +280,7 @@ class Runner:
             raise LeaseLapsed
 
     async def _step(self, job: Job) -> Job:
+        await self.service.foreground.turn()
         self._fence()
         state = job.job_state
         if state is JobState.QUEUED:
@@ -325,6 +328,7 @@ class Runner:
         delay = self.options.first_poll_s
         backend = self._backend(job)
         while True:
+            await self.service.foreground.turn()
             self._fence()
             await self._still_wanted(job, backend)
             state = await backend.poll(job.task_id or "")

@@ -96,6 +96,8 @@ class JobService:
         self.default_generator = default_generator
         self.media_dir = media_dir
         self.media = media or MediaPool()
+        self.foreground = db.foreground
+        """Where adapters say a request is being acked and the runner waits its turn (``bot.foreground``)."""
         self.notifiers: dict[str, Notifier] = {}
         self.dispatcher: Dispatcher | None = None
 

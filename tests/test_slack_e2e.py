@@ -160,6 +160,19 @@ def texts(calls: list[Any]) -> list[str]:
 # -- /video ---------------------------------------------------------------------------------------
 
 
+async def test_the_core_holds_its_background_work_while_a_command_is_being_acked(slack: SlackBot) -> None:
+    holding: list[bool] = []
+
+    async def look(next: Any) -> Any:  # a Bolt middleware, run on the way to the ack
+        holding.append(slack.core.service.foreground.holding)
+        return await next()
+
+    slack.adapter.app.middleware(look)
+    answer = await slack.command(f"a red fox running through snow {FAST}")
+
+    assert answer.status == 200 and holding == [True]
+
+
 async def test_video_command_posts_clip_into_thread(slack: SlackBot, tmp_path: Path) -> None:
     answer = await slack.command(f"a red fox running through snow {FAST}")
 

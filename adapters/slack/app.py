@@ -10,26 +10,36 @@ Two ways to hear from Slack, chosen by settings:
 
 Every Web API call, Socket Mode's ``apps.connections.open`` included, goes to
 ``SLACK_API_URL``: Slack's by default, another host for GovSlack, a fake one in the tests.
+
+Each request, from the moment its connection is accepted (HTTP mode) or it reaches Bolt (Socket
+Mode) until its ack is sent, is served in the core's ``Foreground``: the runner starts no new
+step meanwhile, so a runner busy with hundreds of jobs does not delay acks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
+from slack_sdk.socket_mode.aiohttp import SocketModeClient
+from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack.files import SlackFiles
 from adapters.slack.listeners import register
 from adapters.slack.notifier import SlackNotifier
 from bot.errors import ConfigurationError
+from bot.foreground import Foreground
 from bot.service import JobService
 from bot.serving import guard_app, runner_options
 from bot.settings import Settings
@@ -71,6 +81,7 @@ class SlackAdapter:
         self._connect_timeout_s = connect_timeout_s
         self.socket_mode = bool(settings.slack_app_token)
         self._settings = settings
+        self._foreground = service.foreground
         self.client = web_client(settings.slack_bot_token, settings.slack_api_url)
         self.notifier = SlackNotifier(self.client)
         self.app = AsyncApp(
@@ -104,7 +115,7 @@ class SlackAdapter:
             return
         web_app = guard_app(web.Application())
         web_app.router.add_post(EVENTS_PATH, self._handle)
-        self._runner = web.AppRunner(web_app, access_log=None, **runner_options())
+        self._runner = _ArrivalsRunner(self._foreground, web_app, access_log=None, **runner_options())
         await self._runner.setup()
         # A burst of Slack requests must queue, not be dropped: a dropped SYN costs a second.
         site = web.TCPSite(self._runner, self._settings.http_host, self._settings.slack_port, backlog=1024)
@@ -114,7 +125,9 @@ class SlackAdapter:
 
     async def _connect_socket(self) -> None:
         # The SDK retries a refused app token forever; give up after a while and say why.
-        self._socket = AsyncSocketModeHandler(self.app, self._settings.slack_app_token, web_client=self.client)
+        self._socket = _AckFirstSocketModeHandler(
+            self._foreground, self.app, self._settings.slack_app_token, web_client=self.client
+        )
         try:
             await asyncio.wait_for(self._socket.connect_async(), self._connect_timeout_s)
         except TimeoutError:
@@ -137,8 +150,44 @@ class SlackAdapter:
             self._session = None
 
     async def _handle(self, request: web.Request) -> web.Response:
-        response = await self.app.async_dispatch(await to_bolt_request(request))
-        return await to_aiohttp_response(response)
+        with self._foreground.serving():
+            response = await self.app.async_dispatch(await to_bolt_request(request))
+            return await to_aiohttp_response(response)
+
+
+class _ArrivalsRunner(web.AppRunner):
+    """An ``AppRunner`` whose sites tell the ``Foreground`` of each connection as it is accepted:
+    on a busy loop a request takes a while from there to its handler, time in which the runner
+    would otherwise start more work ahead of it."""
+
+    def __init__(self, foreground: Foreground, app: web.Application, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._foreground = foreground
+
+    @property
+    def server(self) -> Callable[[], RequestHandler[web.Request]] | None:  # type: ignore[override]
+        server = super().server
+        if server is None:
+            return None
+
+        def accepted() -> RequestHandler[web.Request]:
+            self._foreground.arrived()
+            return server()
+
+        return accepted
+
+
+class _AckFirstSocketModeHandler(AsyncSocketModeHandler):
+    """Socket Mode's handler, serving each request (dispatch and the ack sent back over the
+    websocket) in the core's ``Foreground``, as the HTTP handler does."""
+
+    def __init__(self, foreground: Foreground, *args: Any, **kwargs: Any) -> None:
+        self._foreground = foreground
+        super().__init__(*args, **kwargs)
+
+    async def handle(self, client: SocketModeClient, req: SocketModeRequest) -> None:
+        with self._foreground.serving():
+            await super().handle(client, req)
 
 
 def build_adapter(settings: Settings, service: JobService) -> SlackAdapter:

@@ -58,11 +58,18 @@ Refusal = Callable[[httpx.Response], BackendError]
 """Turns a provider's 4xx answer (not 429) into the error the person sees."""
 
 
+KEEPALIVE_CONNECTIONS = 16
+"""Idle connections a provider's pool keeps (see ``ProviderClient``)."""
+
+
 class ProviderClient:
     """One pooled ``httpx.AsyncClient`` plus the retry, auth and download rules above.
 
-    ``auth_headers`` go only to requests whose origin is ``base_url``'s. The pool holds
-    ``max_concurrency`` keep-alive connections plus two spare for cancels. ``timeout_s`` bounds
+    ``auth_headers`` go only to requests whose origin is ``base_url``'s. The pool opens up to
+    ``max_concurrency`` connections plus two spare for cancels, and keeps at most
+    ``KEEPALIVE_CONNECTIONS`` of them open between requests: httpcore checks every idle
+    connection (a system call each) before every request, so hundreds of idle connections
+    cost the event loop more than the odd reconnect, and delay the acks it serves. ``timeout_s`` bounds
     each network step (connect, each read, each write), not a whole download. A request is
     tried at most ``1 + max_retries`` times; waits grow as ``backoff_base_s * 2**attempt``
     with jitter, never shorter than ``Retry-After`` and never longer than ``backoff_max_s``.
@@ -101,7 +108,10 @@ class ProviderClient:
         self._client = guarded_client(
             hosts=[str(self.base)],
             timeout=httpx.Timeout(timeout_s),
-            limits=httpx.Limits(max_connections=max_concurrency + 2, max_keepalive_connections=max_concurrency),
+            limits=httpx.Limits(
+                max_connections=max_concurrency + 2,
+                max_keepalive_connections=min(max_concurrency, KEEPALIVE_CONNECTIONS),
+            ),
             headers={"User-Agent": "videobot"},
             transport=transport,
             verify=verify,
