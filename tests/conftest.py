@@ -140,6 +140,16 @@ def database_url(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
     return url
 
 
+@pytest.fixture(scope="module")
+def module_database_url(request: pytest.FixtureRequest) -> str:
+    """``database_url`` for a module-scoped fixture (a `videobot serve` that a file's tests share),
+    which is set up before any test's own: "" on SQLite, else a fresh PostgreSQL database; hand
+    it to the subprocess as ``DATABASE_URL``."""
+    if not on_postgres():
+        return ""
+    return str(request.getfixturevalue("postgres_cluster").database())
+
+
 @pytest.fixture
 def make_settings(tmp_path: Path, database_url: str) -> SettingsFactory:
     """Settings on this test's own data folder; ``limits`` is the TOML text admins would write."""
