@@ -11,6 +11,7 @@ import asyncio
 import signal
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -67,8 +68,9 @@ class Bot:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "bot", "serve", stdout=log, stderr=log, env=self.env
             )
+        deadline = time.monotonic() + 60  # 15 s was too short for a restart on a machine at load 15
         async with httpx.AsyncClient() as client:
-            for _ in range(300):
+            while time.monotonic() < deadline and self.process.returncode is None:
                 try:
                     if (await client.get(f"{self.url}/healthz")).status_code == 200:
                         return
