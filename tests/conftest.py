@@ -14,7 +14,7 @@ from bot.app import Core
 from bot.models import Origin
 from bot.settings import Settings
 from tests.fakes.webhook_receiver import WebhookReceiver
-from tests.pg import on_postgres, postgres_cluster, postgres_url  # noqa: F401  (fixtures)
+from tests.pg import on_postgres, postgres_cluster, postgres_url, start_before_tests  # noqa: F401  (fixtures)
 
 SettingsFactory = Callable[..., Settings]
 
@@ -61,10 +61,17 @@ def subprocess_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def this_database() -> str:
+    """This test's ``database_url`` (what the ``database_url`` fixture gives), for settings a test
+    builds itself rather than through ``make_settings``: "" (the SQLite file in the data folder),
+    or this test's PostgreSQL database when the run is on PostgreSQL."""
+    return os.environ.get("DATABASE_URL", "")
+
+
 def stored_at(tmp_path: Path) -> str:
     """The database URL a `videobot` subprocess with ``subprocess_env(tmp_path)`` stores its jobs
     at: this test's PostgreSQL database (``DATABASE_URL``), else the SQLite file in its data folder."""
-    return os.environ.get("DATABASE_URL") or f"sqlite:///{tmp_path / 'data' / 'videobot.db'}"
+    return this_database() or f"sqlite:///{tmp_path / 'data' / 'videobot.db'}"
 
 
 def assert_not_stored(secret: str, *urls: str) -> None:
@@ -110,6 +117,11 @@ def outbound_hosts() -> Any:
     outbound.configure()
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.option.collectonly:
+        start_before_tests(items)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "sqlite: about the SQLite file itself; stays on SQLite when the suite runs on PostgreSQL")
 
@@ -118,12 +130,24 @@ def pytest_configure(config: pytest.Config) -> None:
 def database_url(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """This test's database URL: "" (a SQLite file in the data folder) unless the run is on
     PostgreSQL (``VIDEOBOT_TEST_DATABASE=postgresql``); then a fresh database of its own, also
-    handed to `videobot` subprocesses as ``DATABASE_URL``."""
+    handed to `videobot` subprocesses as ``DATABASE_URL`` (which is unset otherwise: a
+    developer's own never reaches a test)."""
     if not on_postgres() or request.node.get_closest_marker("sqlite"):
+        monkeypatch.delenv("DATABASE_URL", raising=False)
         return ""
     url = str(request.getfixturevalue("postgres_url"))
     monkeypatch.setenv("DATABASE_URL", url)
     return url
+
+
+@pytest.fixture(scope="module")
+def module_database_url(request: pytest.FixtureRequest) -> str:
+    """``database_url`` for a module-scoped fixture (a `videobot serve` that a file's tests share),
+    which is set up before any test's own: "" on SQLite, else a fresh PostgreSQL database; hand
+    it to the subprocess as ``DATABASE_URL``."""
+    if not on_postgres():
+        return ""
+    return str(request.getfixturevalue("postgres_cluster").database())
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ on it.
 from __future__ import annotations
 
 import atexit
+import importlib.util
 import itertools
 import os
 import shutil
@@ -158,10 +159,30 @@ def start_cluster() -> PostgresCluster:
     return cluster
 
 
+_early: PostgresCluster | Exception | None = None
+
+
+def start_before_tests(items: list[pytest.Item]) -> None:
+    """Start this process's cluster once the tests are collected, when the run is on PostgreSQL
+    or one of ``items`` uses it: initdb on a busy machine can take longer than the first test's
+    own timeout (10 s in some files), and a session fixture that failed errors every later test.
+    Where the binaries or psycopg are missing, ``postgres_cluster`` skips as before."""
+    global _early
+    if _early is not None or server_binaries() is None or importlib.util.find_spec("psycopg") is None:
+        return
+    if on_postgres() or any("postgres_cluster" in item.fixturenames for item in items):
+        try:
+            _early = start_cluster()
+        except Exception as error:  # reported by the first test that asks for the cluster
+            _early = error
+
+
 @pytest.fixture(scope="session")
 def postgres_cluster() -> Iterator[PostgresCluster]:
     """A throwaway PostgreSQL server for this session (this xdist worker)."""
-    cluster = start_cluster()
+    if isinstance(_early, Exception):
+        raise _early
+    cluster = _early or start_cluster()
     yield cluster
     cluster.stop()
 

@@ -116,7 +116,7 @@ class Served:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+def served(tmp_path_factory: pytest.TempPathFactory, module_database_url: str) -> Iterator[Served]:
     folder = tmp_path_factory.mktemp("admin")
     (folder / "videobot.toml").write_text(LIMITS)
     (folder / "received").mkdir()
@@ -129,6 +129,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         folder, VIDEOBOT_HTTP_PORT=str(port), VIDEOBOT_HTTP_HOST="127.0.0.1", VIDEOBOT_ADMIN_TOKEN=TOKEN,
         VIDEOBOT_API_KEY=API_KEY, VIDEOBOT_PROGRESS_INTERVAL="0.2", VIDEOBOT_LOG_LEVEL="DEBUG", COLUMNS="200",
         VIDEOBOT_ALLOWED_HOSTS=f"127.0.0.1:{receiver.port}",  # the "chat thread" receiver on loopback
+        DATABASE_URL=module_database_url,
     )
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
     log = folder / "serve.log"

@@ -68,9 +68,9 @@ class Bot:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "bot", "serve", stdout=log, stderr=log, env=self.env
             )
-        deadline = time.monotonic() + 60  # generous: a loaded 2-core machine starts serve slowly
+        deadline = time.monotonic() + 60  # 15 s was too short for a restart on a machine at load 15
         async with httpx.AsyncClient() as client:
-            while time.monotonic() < deadline:
+            while time.monotonic() < deadline and self.process.returncode is None:
                 try:
                     if (await client.get(f"{self.url}/healthz")).status_code == 200:
                         return

@@ -25,7 +25,7 @@ from bot.errors import BackendError, ConfigurationError
 from bot.media import probe
 from bot.models import GenerationSpec, TaskStatus
 from bot.settings import Settings
-from tests.conftest import subprocess_env
+from tests.conftest import subprocess_env, this_database
 from tests.fakes.dashscope import KEY, FakeDashScope, Reply, throttled
 
 pytestmark = pytest.mark.timeout(60)
@@ -404,8 +404,8 @@ async def test_a_slack_command_gets_a_dashscope_clip_in_its_thread(tmp_path: Pat
     (tmp_path / "videobot.toml").write_text(LIMITS)
     settings = Settings(
         backend="dashscope", dashscope_api_key=KEY, dashscope_base_url=fake.base_url,
-        data_dir=tmp_path / "data", limits_path=tmp_path / "videobot.toml", poll_interval_s=0.1,
-        progress_interval_s=0.1, http_host="127.0.0.1", http_port=0, slack_bot_token=BOT_TOKEN,
+        data_dir=tmp_path / "data", database_url=this_database(), limits_path=tmp_path / "videobot.toml",
+        poll_interval_s=0.1, progress_interval_s=0.1, http_host="127.0.0.1", http_port=0, slack_bot_token=BOT_TOKEN,
         slack_signing_secret=SIGNING_SECRET, slack_port=0, slack_api_url=slack_api.api_url,
     )
     async with AsyncExitStack() as stack:

@@ -21,6 +21,7 @@ from bot.app import Core
 from bot.backends.http import HttpBackend
 from bot.errors import ConfigurationError, JobNotFound
 from tests.clips import lavfi_clip
+from tests.conftest import this_database
 from bot.media import probe
 from bot.models import TaskState
 from bot.provider.server import bound_port, build_provider_app, serve_provider
@@ -102,6 +103,7 @@ async def make_world(tmp_path: Path) -> AsyncIterator[WorldFactory]:
             (tmp_path / "videobot.toml").write_text(limits)
             settings = Settings(
                 data_dir=tmp_path / "data",
+                database_url=this_database(),
                 limits_path=tmp_path / "videobot.toml",
                 discord_token=fake.bot_token,
                 discord_guild_ids=(guild.id,),

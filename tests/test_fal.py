@@ -33,7 +33,7 @@ from bot.media import probe
 from bot.models import GenerationSpec, TaskState, TaskStatus
 from bot.settings import Settings
 from storage.engine import make_engine
-from tests.conftest import stored_at, subprocess_env, webhook_origin
+from tests.conftest import stored_at, subprocess_env, this_database, webhook_origin
 from tests.fakes.fal import A14B_I2V, A14B_T2V, I2V, KEY, T2V, FakeFal
 from tests.fakes.provider import Reply
 from tests.fakes.slack_api import BOT_TOKEN, SIGNING_SECRET, FakeSlack
@@ -409,8 +409,8 @@ async def test_a_slack_command_gets_a_fal_clip_in_its_thread(fal: FakeFal, tmp_p
     slack_fake = await FakeSlack().start()
     (tmp_path / "videobot.toml").write_text(LIMITS)
     settings = Settings(backend="fal", fal_key=KEY, fal_host=fal.host, ssl_cert_file=str(fal.ca_path),
-                        data_dir=tmp_path / "data", limits_path=tmp_path / "videobot.toml", poll_interval_s=0.1,
-                        progress_interval_s=0.1, http_host="127.0.0.1", slack_bot_token=BOT_TOKEN,
+                        data_dir=tmp_path / "data", database_url=this_database(),
+                        limits_path=tmp_path / "videobot.toml", poll_interval_s=0.1, progress_interval_s=0.1, http_host="127.0.0.1", slack_bot_token=BOT_TOKEN,
                         slack_signing_secret=SIGNING_SECRET, slack_port=0, slack_api_url=slack_fake.api_url)
     core = await Core.create(settings)
     adapter = build_adapter(settings, core.service)

@@ -48,7 +48,7 @@ from bot.provider.simulator import build_simulator_app
 from bot.settings import Settings
 from storage.tables import JobState
 from tests import test_discord_e2e
-from tests.conftest import subprocess_env, webhook_origin
+from tests.conftest import subprocess_env, this_database, webhook_origin
 from tests.fakes.slack_api import (
     BOT_TOKEN,
     SIGNING_SECRET,
@@ -213,6 +213,7 @@ async def slack_bot(tmp_path: Path, backend: HttpBackend) -> AsyncIterator[Slack
     settings = Settings(
         backend="simulator",
         data_dir=tmp_path / "data",
+        database_url=this_database(),
         limits_path=tmp_path / "videobot.toml",
         poll_interval_s=0.1,
         progress_interval_s=0.1,

@@ -29,7 +29,7 @@ from bot.settings import Settings
 from storage.engine import make_engine
 from storage.repository import JobRepository
 from storage.tables import JobState
-from tests.conftest import assert_not_stored, stored_at, subprocess_env
+from tests.conftest import assert_not_stored, stored_at, subprocess_env, this_database
 from tests.fakes.provider import Reply
 from tests.fakes.replicate import I2V_INPUTS, T2V_INPUTS, TOKEN, FakeReplicate
 
@@ -396,8 +396,8 @@ async def test_a_slack_video_command_is_made_on_replicate(tmp_path: Path, fake: 
     (tmp_path / "videobot.toml").write_text(LIMITS)
     settings = Settings(
         backend="replicate", replicate_api_token=TOKEN, replicate_base_url=fake.base_url,
-        data_dir=tmp_path / "data", limits_path=tmp_path / "videobot.toml", poll_interval_s=0.1,
-        progress_interval_s=0.1, http_host="127.0.0.1", slack_bot_token=BOT_TOKEN,
+        data_dir=tmp_path / "data", database_url=this_database(), limits_path=tmp_path / "videobot.toml",
+        poll_interval_s=0.1, progress_interval_s=0.1, http_host="127.0.0.1", slack_bot_token=BOT_TOKEN,
         slack_signing_secret=SIGNING_SECRET, slack_port=0, slack_api_url=slack_fake.api_url,
     )
     core = await Core.create(settings)

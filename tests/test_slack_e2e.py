@@ -24,6 +24,7 @@ from bot.app import Core
 from bot.media import probe
 from bot.settings import Settings
 from storage.tables import Job, JobState
+from tests.conftest import this_database
 from tests.fakes.slack_api import (
     APP_TOKEN,
     BOT_TOKEN,
@@ -118,6 +119,7 @@ async def running_bot(tmp_path: Path, *, socket_mode: bool = False, limits: str 
     settings = Settings(
         backend="simulator",
         data_dir=tmp_path / "data",
+        database_url=this_database(),
         limits_path=tmp_path / "videobot.toml",
         poll_interval_s=0.1,
         progress_interval_s=0.1,
@@ -510,6 +512,7 @@ async def test_a_refused_token_stops_startup_with_a_message_naming_the_setting(
     fake = await FakeSlack().start()
     settings = Settings(
         data_dir=tmp_path,
+        database_url=this_database(),
         limits_path=tmp_path / "none.toml",
         http_host="127.0.0.1",
         slack_port=0,
