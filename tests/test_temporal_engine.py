@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import threading
+
 import httpx
 import pytest
 
@@ -114,3 +116,36 @@ async def test_kill_9_of_serve_mid_job_then_delivered_once_and_submitted_once(
     finally:
         await bot.stop()
         await receiver.stop()
+
+
+async def test_every_heartbeat_carries_the_latest_progress_reported_from_another_thread() -> None:
+    """The SDK sends only the newest heartbeat of each throttle interval: a bare keep-alive beat
+    landing last would erase the progress on the server (issue 11), so none is ever bare once
+    progress is known; and the beating ends with the body, however the last report races it."""
+    from temporalio.testing import ActivityEnvironment
+
+    from bot.temporal._activities import Pulse, heartbeating
+
+    beats: list[tuple] = []
+    env = ActivityEnvironment()
+    env.on_heartbeat = lambda *details: beats.append(details)
+
+    async def making() -> None:
+        pulse = Pulse()
+
+        def gpu() -> None:
+            for step in range(1, 21):
+                threading.Event().wait(0.01)
+                pulse.report(step / 20)
+
+        async with heartbeating(pulse, every_s=0.05):
+            await asyncio.to_thread(gpu)
+        await asyncio.sleep(0.1)
+
+    for _ in range(5):
+        beats.clear()
+        await asyncio.wait_for(env.run(making), 10)
+        first = next(i for i, details in enumerate(beats) if details)
+        progress = [details[0] for details in beats[first:]]
+        assert all(isinstance(p, float) for p in progress), beats
+        assert progress == sorted(progress) and progress[-1] == 1.0

@@ -110,11 +110,6 @@ async def _wait_running(core, job_id: int, *, past: float = 0.0, timeout: float 
     raise AssertionError(f"job {job_id} never reported denoising progress past {past}")
 
 
-@pytest.mark.xfail(
-    run=False,
-    reason="known bug, issue 11: on an idle machine the worker's activity stalls after submit and never "
-    "heartbeats progress (it passed only under heavy CPU load, which points at a race in bot/temporal/_gpu.py)",
-)
 async def test_gpu_worker_heartbeats_each_step_and_a_cancel_stops_it_before_the_decode(
     make_core, receiver, workers: GpuWorkers, temporal_address: str, tmp_path: Path  # noqa: F811
 ) -> None:
@@ -141,11 +136,6 @@ async def test_gpu_worker_heartbeats_each_step_and_a_cancel_stops_it_before_the_
     assert "stopped on the GPU" in workers.logs()
 
 
-@pytest.mark.xfail(
-    run=False,
-    reason="known bug, issue 11: on an idle machine the worker's activity stalls after submit and never "
-    "heartbeats progress (it passed only under heavy CPU load, which points at a race in bot/temporal/_gpu.py)",
-)
 async def test_kill_9_of_the_gpu_worker_mid_job_finishes_on_another_delivered_once(
     make_core, receiver, workers: GpuWorkers, temporal_address: str  # noqa: F811
 ) -> None:

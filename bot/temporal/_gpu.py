@@ -17,7 +17,6 @@ and never generates; the engine routes its jobs to the gpu queue.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import os
 import signal
@@ -34,7 +33,7 @@ from bot.catalog import own_generator
 from bot.errors import BackendError
 from bot.models import GenerationSpec, Mode, TaskState, TaskStatus
 from bot.settings import Settings
-from bot.temporal._activities import MAKING, JobSteps, heartbeating
+from bot.temporal._activities import MAKING, JobSteps, Pulse, heartbeating
 from bot.temporal._engine import HEARTBEAT_THROTTLE, TaskQueues, connect
 from bot.temporal._workflow import GENERATE, Outcome
 from storage.tables import JobState
@@ -75,24 +74,24 @@ class GpuQueueBackend:
 
 
 class _Beating:
-    """The resident generator, with every progress callback (each denoising step) heartbeating
-    the activity it runs for."""
+    """The resident generator, with every progress callback (each denoising step, called on the
+    GPU thread) also handed to ``listener``: the running activity's ``Pulse``."""
 
     def __init__(self, generator: Any) -> None:
         self._generator = generator
-        self.beat: Callable[[float], None] | None = None
+        self.listener: Callable[[float], None] | None = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._generator, name)
 
     async def generate(self, spec: GenerationSpec, dest: Path, on_progress: Callable[[float], None],
                        cancel: asyncio.Event) -> None:
-        beat = self.beat
+        listener = self.listener
 
         def progress(fraction: float) -> None:
             on_progress(fraction)
-            if beat is not None:
-                beat(fraction)
+            if listener is not None:
+                listener(fraction)
 
         await self._generator.generate(spec, dest, progress, cancel)
 
@@ -107,25 +106,34 @@ class GpuSteps:
         self.beating = beating
         self.steps = JobSteps(runner)
 
-    @activity.defn(name=GENERATE, no_thread_cancel_exception=True)
+    @activity.defn(name=GENERATE)
     async def generate(self, job_id: int) -> Outcome:
-        loop = asyncio.get_running_loop()
-        context = contextvars.copy_context()  # the activity's own: heartbeat works from the GPU thread
-        self.beating.beat = lambda fraction: loop.call_soon_threadsafe(context.run, activity.heartbeat, fraction)
+        """Make the clip, heartbeating each step's progress. However the cancel arrives (with a
+        heartbeat's answer, or as the canceled row the runner's poll reads first), the activity
+        ends only once the GPU has stopped."""
+        pulse = Pulse()
+        self.beating.listener = pulse.report
         try:
-            async with heartbeating():
-                job = await self.db.run(self.db.repo.get, job_id)
-                if job is not None and job.job_state in (JobState.SUBMITTED, JobState.RUNNING):
-                    state = await self.backend.poll(job.task_id or "")
-                    if state.status is TaskStatus.FAILED:  # issued by a worker that died: make it here
-                        log.info("job %s: task %s died with its worker; starting it again here", job_id, job.task_id)
-                        await self.runner.resubmit(job)
-                return await self.steps.advance(job_id, MAKING)
-        except asyncio.CancelledError:
-            await self._stop(job_id)
-            raise
+            async with heartbeating(pulse):
+                try:
+                    outcome = await self._make(job_id)
+                except asyncio.CancelledError:
+                    await self._stop(job_id)
+                    raise
+                if outcome.state == JobState.CANCELED.value:
+                    await self._stop(job_id)
+                return outcome
         finally:
-            self.beating.beat = None
+            self.beating.listener = None
+
+    async def _make(self, job_id: int) -> Outcome:
+        job = await self.db.run(self.db.repo.get, job_id)
+        if job is not None and job.job_state in (JobState.SUBMITTED, JobState.RUNNING):
+            state = await self.backend.poll(job.task_id or "")
+            if state.status is TaskStatus.FAILED:  # issued by a worker that died: make it here
+                log.info("job %s: task %s died with its worker; starting it again here", job_id, job.task_id)
+                await self.runner.resubmit(job)
+        return await self.steps.advance(job_id, MAKING)
 
     async def _stop(self, job_id: int) -> None:
         """Stop the job's GPU task at its next step boundary and wait until the GPU is free."""
