@@ -149,3 +149,21 @@ async def test_every_heartbeat_carries_the_latest_progress_reported_from_another
         progress = [details[0] for details in beats[first:]]
         assert all(isinstance(p, float) for p in progress), beats
         assert progress == sorted(progress) and progress[-1] == 1.0
+
+
+async def test_one_replica_removes_expired_media_as_the_embedded_runner_does(make_core, receiver, temporal_address: str) -> None:
+    core = await _temporal_core(make_core, temporal_address, media_retention_days=0, start=False)
+    core.engine.clean_media_every_s = 0.2
+    await core.start()
+    job = await core.service.submit(parse_request("a field --duration 1 --resolution 832x480"), webhook_origin(receiver))
+    await receiver.wait_for(job.id, "delivered", 60)
+    clip = core.service.media_dir / "jobs" / str(job.id)
+    for _ in range(100):
+        if not clip.exists():
+            break
+        await asyncio.sleep(0.1)
+    assert not clip.exists()
+    kept = await core.service.status(job.id)
+    assert kept.state == "succeeded" and kept.output_path is None and kept.prompt == "a field"
+    lease = core.service.db.repo.get_lease("temporal-housekeeping")
+    assert lease is not None and lease.holder == core.engine._housekeeper.holder

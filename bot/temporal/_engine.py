@@ -11,12 +11,17 @@ queue (``<prefix>-provider``: submit, poll, download against a hosted backend) a
 queue (``<prefix>-chat``: delivery and failure notices). GPU jobs go to ``<prefix>-gpu``, which
 ``videobot worker --engine temporal`` polls (``bot.temporal._gpu``). No engine lease: Temporal
 hands each step to one worker at a time.
+
+One replica at a time (the ``temporal-housekeeping`` lease in the database) also does what the
+embedded runner does beside its steps: it shows the GPU workers' progress, which they write to
+the jobs table, in each job's chat status message, and removes media past the retention hourly.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -28,16 +33,20 @@ from temporalio.service import RPCError
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from bot.errors import ConfigurationError
+from bot.lease import EngineLease
+from bot.notifier import ProgressUpdate, Stage
 from bot.runner import Runner
 from bot.settings import Settings
 from bot.temporal._activities import JobSteps
 from bot.temporal._workflow import WORKFLOW, JobInput, JobWorkflow, workflow_id
-from storage.tables import Job
+from storage.tables import Job, JobState
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_THROTTLE = timedelta(seconds=1)
 """Heartbeats reach the server at least this often, so a cancel reaches the worker as fast."""
+HOUSEKEEPING = "temporal-housekeeping"
+CLEAN_MEDIA_EVERY_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -70,7 +79,8 @@ async def connect(settings: Settings) -> Client:
 class TemporalEngine:
     """What runs jobs under ``VIDEOBOT_ENGINE=temporal``; attached to the service as its dispatcher."""
 
-    def __init__(self, settings: Settings, runner: Runner, *, resync_s: float = 30.0) -> None:
+    def __init__(self, settings: Settings, runner: Runner, *, resync_s: float = 30.0,
+                 clean_media_every_s: float = CLEAN_MEDIA_EVERY_S) -> None:
         self.settings = settings
         self.runner = runner
         self.service = runner.service
@@ -83,6 +93,11 @@ class TemporalEngine:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started: set[int] = set()
         self._resync: asyncio.Task[None] | None = None
+        self.clean_media_every_s = clean_media_every_s
+        self.housekeeping_every_s = max(min(settings.progress_interval_s, 5.0), 0.1)
+        self._housekeeper = EngineLease(self.db, max(10 * self.housekeeping_every_s, 10.0), name=HOUSEKEEPING)
+        self._shown: dict[int, float] = {}
+        self._housekeeping: asyncio.Task[None] | None = None
         self.service.attach_dispatcher(self)
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -97,11 +112,16 @@ class TemporalEngine:
                 self._spawn(worker.run())
         await self.resume()
         self._resync = asyncio.create_task(self._resync_loop(), name="videobot-temporal-resync")
+        if workers:
+            self._housekeeping = asyncio.create_task(self._housekeeping_loop(), name="videobot-temporal-housekeeping")
 
     async def stop(self) -> None:
-        if self._resync is not None:
-            self._resync.cancel()
-            await asyncio.gather(self._resync, return_exceptions=True)
+        for loop in (self._resync, self._housekeeping):
+            if loop is not None:
+                loop.cancel()
+                await asyncio.gather(loop, return_exceptions=True)
+        if self._housekeeping is not None:
+            await self._housekeeper.release()
         for worker in self._workers:
             await worker.shutdown()
         for task in list(self._tasks):
@@ -219,6 +239,46 @@ class TemporalEngine:
                 await self.resume()
             except Exception:
                 log.warning("could not look for jobs without a workflow", exc_info=True)
+
+    # -- housekeeping: one replica at a time ------------------------------------------------
+
+    async def _housekeeping_loop(self) -> None:
+        cleaned = 0.0
+        while True:
+            try:
+                if await self._housekeeper.acquire():
+                    await self.show_gpu_progress()
+                    if time.monotonic() - cleaned >= self.clean_media_every_s:
+                        cleaned = time.monotonic()
+                        await self.runner.clean_media()
+            except Exception:
+                log.warning("housekeeping failed; trying again in %g s", self.housekeeping_every_s, exc_info=True)
+            await asyncio.sleep(self.housekeeping_every_s)
+
+    async def show_gpu_progress(self) -> None:
+        """Render each generating GPU job's stored progress in its chat status message, when it
+        moved since this process last showed it. (A provider job's step, which runs here, shows
+        its own, as the embedded runner does.)"""
+        live: set[int] = set()
+        for job in await self.db.run(self.db.repo.in_flight, self.runner.platforms):
+            generator = self.service.generators.get(job.backend)
+            if job.job_state not in (JobState.SUBMITTED, JobState.RUNNING) or generator is None \
+                    or _queue_kind(generator.backend) != "gpu":
+                continue
+            job_id = job.id or 0
+            live.add(job_id)
+            notifier = self.service.notifiers.get(job.platform)
+            if notifier is None or self._shown.get(job_id) == job.progress:
+                continue
+            self._shown[job_id] = job.progress
+            update = ProgressUpdate(Stage.GENERATING, percent=int(job.progress * 100),
+                                    segment=job.segment_index + 1, segments=job.segment_count)
+            try:
+                await notifier.progress(job, update)
+            except Exception:
+                log.warning("job %s: progress update failed", job_id, exc_info=True)
+        for job_id in set(self._shown) - live:
+            del self._shown[job_id]
 
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.create_task(coroutine)

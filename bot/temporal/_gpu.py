@@ -22,6 +22,7 @@ import os
 import signal
 import socket
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -158,6 +159,10 @@ async def run_gpu_worker(settings: Settings, model: str, options: Any, *, stop: 
     beating = _Beating(generator)
     backend = DiffusersBackend(beating, settings.media_dir / "gpu")  # type: ignore[arg-type]
     core = await Core.create(settings, backend=backend)
+    # Polling the in-process model costs nothing: poll as often as progress is written to the
+    # row, from which the bot's replicas show it in the chat.
+    options = core.runner.options
+    core.runner.options = replace(options, poll_interval_s=min(options.poll_interval_s, max(options.progress_interval_s, 0.1)))
     steps = GpuSteps(core.runner, backend, beating)
     client = await connect(settings)
     queue = TaskQueues.named(settings.temporal_task_queue_prefix).gpu
