@@ -1,6 +1,6 @@
 """``TemporalEngine``: the Dispatcher seam over Temporal, and this process's workers.
 
-Each job is one workflow, id ``videobot-job-<id>``, started once its row is committed
+Each job is one workflow, id ``<prefix>-job-<id>`` (``videobot-job-<id>`` by default), started once its row is committed
 (``wake(job)``) with ``USE_EXISTING`` on a running one and ``REJECT_DUPLICATE`` on a closed one,
 so any number of ``serve`` replicas may start it, again and again, and one workflow runs.
 At start every unfinished job's workflow is started the same way (a job whose start was lost
@@ -176,7 +176,7 @@ class TemporalEngine:
         provider's task, as the embedded runner does."""
         if self.client is not None:
             try:
-                await self.client.get_workflow_handle(workflow_id(job.id or 0)).cancel()
+                await self.client.get_workflow_handle(self.workflow_id(job.id or 0)).cancel()
             except RPCError as error:  # already closed, or never started
                 log.info("job %s: workflow not canceled (%s)", job.id, error.message)
         generator = self.service.generators.get(job.backend)
@@ -184,6 +184,9 @@ class TemporalEngine:
             await generator.backend.cancel(job.task_id)
 
     # -- starting workflows -----------------------------------------------------------------
+
+    def workflow_id(self, job_id: int) -> str:
+        return workflow_id(job_id, self.settings.temporal_task_queue_prefix)
 
     def job_input(self, job: Job) -> JobInput:
         generator = self.service.generators.get(job.backend)
@@ -205,14 +208,18 @@ class TemporalEngine:
             await self.client.start_workflow(
                 WORKFLOW,
                 self.job_input(job),
-                id=workflow_id(job_id),
+                id=self.workflow_id(job_id),
                 task_queue=self.queues.jobs,
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 priority=Priority(fairness_key=fairness_key(job)),
             )
-        except WorkflowAlreadyStartedError:
-            pass  # it ran and closed; the row says how it ended
+        except WorkflowAlreadyStartedError:  # it ran and closed; the row says how it ended
+            now = await self.db.run(self.db.repo.get, job_id)
+            if now is not None and not now.job_state.terminal:
+                log.warning("job %s is %s, yet its workflow %s already closed: does another database use "
+                            "this Temporal namespace with TEMPORAL_TASK_QUEUE_PREFIX=%s too?",
+                            job_id, now.state, self.workflow_id(job_id), self.settings.temporal_task_queue_prefix)
         except (RPCError, RuntimeError) as error:
             log.warning("job %s: could not start its workflow (%s); retrying within %g s", job_id, error, self.resync_s)
             return
@@ -228,7 +235,7 @@ class TemporalEngine:
         """The job's workflow result (tests and benchmarks)."""
         assert self.client is not None
         try:
-            return await self.client.get_workflow_handle(workflow_id(job_id)).result()
+            return await self.client.get_workflow_handle(self.workflow_id(job_id)).result()
         except WorkflowFailureError as error:
             return f"workflow failed: {error.cause}"
 
