@@ -167,3 +167,19 @@ async def test_one_replica_removes_expired_media_as_the_embedded_runner_does(mak
     assert kept.state == "succeeded" and kept.output_path is None and kept.prompt == "a field"
     lease = core.service.db.repo.get_lease("temporal-housekeeping")
     assert lease is not None and lease.holder == core.engine._housekeeper.holder
+
+
+async def test_two_databases_on_one_namespace_each_run_their_job_1(
+    make_core, make_settings, receiver, temporal_address: str, tmp_path: Path, another_database
+) -> None:
+    """Both number their jobs from 1; the task-queue prefix keeps their workflows apart, so the
+    second's job 1 does not find the first's closed workflow and wait forever."""
+    first = await _temporal_core(make_core, temporal_address, temporal_task_queue_prefix="first")
+    job = await first.service.submit(parse_request("a red fox --duration 1 --resolution 832x480"), webhook_origin(receiver))
+    assert (await _terminal(first, job.id)).state == "succeeded"
+    second = await _temporal_core(make_core, temporal_address, temporal_task_queue_prefix="second",
+                                  data_dir=tmp_path / "other", database_url=another_database())
+    again = await second.service.submit(parse_request("a blue fox --duration 1 --resolution 832x480"), webhook_origin(receiver))
+    assert again.id == job.id
+    assert (await _terminal(second, again.id)).state == "succeeded"
+    assert await second.engine.wait(again.id) == "succeeded"

@@ -250,10 +250,14 @@ class TemporalEngine:
     # -- housekeeping: one replica at a time ------------------------------------------------
 
     async def _housekeeping_loop(self) -> None:
-        cleaned = 0.0
+        cleaned = asked = 0.0
+        holding = False
         while True:
             try:
-                if await self._housekeeper.acquire():
+                if time.monotonic() - asked >= self._housekeeper.every_s:  # take or renew the lease
+                    asked = time.monotonic()
+                    holding = await self._housekeeper.acquire()
+                if holding and self._housekeeper.fresh():
                     await self.show_gpu_progress()
                     if time.monotonic() - cleaned >= self.clean_media_every_s:
                         cleaned = time.monotonic()
