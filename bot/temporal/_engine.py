@@ -45,6 +45,13 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_THROTTLE = timedelta(seconds=1)
 """Heartbeats reach the server at least this often, so a cancel reaches the worker as fast."""
+
+
+def heartbeat_throttle(settings: Settings) -> timedelta:
+    """How often a worker's heartbeats reach the server: each second, or ten times per heartbeat
+    timeout where that is shorter (the SDK's own default, 0.8 of the timeout, would let a single
+    late beat time the activity out, and show a fast GPU's progress too seldom to follow)."""
+    return min(HEARTBEAT_THROTTLE, timedelta(seconds=settings.temporal_heartbeat_timeout_s / 10))
 HOUSEKEEPING = "temporal-housekeeping"
 CLEAN_MEDIA_EVERY_S = 3600.0
 
@@ -131,7 +138,7 @@ class TemporalEngine:
 
     def _build_workers(self, client: Client) -> list[Worker]:
         slots = sum(g.backend.max_concurrency for g in self.service.generators.values() if _queue_kind(g.backend) == "provider")
-        common: dict[str, Any] = {"max_heartbeat_throttle_interval": HEARTBEAT_THROTTLE,
+        common: dict[str, Any] = {"max_heartbeat_throttle_interval": heartbeat_throttle(self.settings),
                                   "graceful_shutdown_timeout": timedelta(seconds=1)}
         workers = [
             Worker(client, task_queue=self.queues.jobs, workflows=[JobWorkflow],

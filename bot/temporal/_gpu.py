@@ -35,7 +35,7 @@ from bot.errors import BackendError
 from bot.models import GenerationSpec, Mode, TaskState, TaskStatus
 from bot.settings import Settings
 from bot.temporal._activities import MAKING, JobSteps, Pulse, heartbeating
-from bot.temporal._engine import HEARTBEAT_THROTTLE, TaskQueues, connect
+from bot.temporal._engine import TaskQueues, connect, heartbeat_throttle
 from bot.temporal._workflow import GENERATE, Outcome
 from storage.tables import JobState
 
@@ -171,7 +171,7 @@ async def run_gpu_worker(settings: Settings, model: str, options: Any, *, stop: 
         task_queue=queue,
         activities=[steps.generate],
         max_concurrent_activities=1,
-        max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
+        max_heartbeat_throttle_interval=heartbeat_throttle(settings),
         graceful_shutdown_timeout=timedelta(seconds=1),
         identity=f"videobot-gpu@{socket.gethostname()}:{os.getpid()}",
     )
