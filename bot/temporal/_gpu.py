@@ -119,10 +119,10 @@ class GpuSteps:
                 try:
                     outcome = await self._make(job_id)
                 except asyncio.CancelledError:
-                    await self._stop(job_id)
+                    await self._stop_through(job_id)
                     raise
                 if outcome.state == JobState.CANCELED.value:
-                    await self._stop(job_id)
+                    await self._stop_through(job_id)
                 return outcome
         finally:
             self.beating.listener = None
@@ -135,6 +135,16 @@ class GpuSteps:
                 log.info("job %s: task %s died with its worker; starting it again here", job_id, job.task_id)
                 await self.runner.resubmit(job)
         return await self.steps.advance(job_id, MAKING)
+
+    async def _stop_through(self, job_id: int) -> None:
+        """``_stop``, finished even when the other cancel path (the heartbeat's answer after the
+        row's, or the reverse) cancels the activity meanwhile."""
+        stopping = asyncio.create_task(self._stop(job_id))
+        try:
+            await asyncio.shield(stopping)
+        except asyncio.CancelledError:
+            await stopping
+            raise
 
     async def _stop(self, job_id: int) -> None:
         """Stop the job's GPU task at its next step boundary and wait until the GPU is free."""
