@@ -26,7 +26,7 @@ from tests.temporal_server import temporal_address  # noqa: F401  (fixture)
 pytestmark = pytest.mark.timeout(300)
 
 LIMITS = '[defaults]\nresolutions = ["32x32"]\nfps = [16]\nuser_concurrent_jobs = 0\nuser_daily_jobs = 0\n'
-PROMPT = "a fox in the snow --duration 1 --resolution 32x32 --fps 16"
+PROMPT = "a fox in the snow --duration 4 --resolution 32x32 --fps 16"
 
 
 @pytest.fixture(scope="module")
