@@ -42,9 +42,12 @@ class LeaseHeld(VideobotError):
 
 
 class EngineLease:
-    def __init__(self, db: Database, ttl_s: float = 30.0) -> None:
+    def __init__(self, db: Database, ttl_s: float = 30.0, *, name: str = ENGINE) -> None:
+        """``name`` the lease's row: ``engine`` for the embedded engine's driver, another name
+        for a duty one process at a time does (the Temporal replicas' housekeeping)."""
         self.db = db
         self.ttl_s = ttl_s
+        self.name = name
         self.holder = uuid.uuid4().hex
         self.host = socket.gethostname()
         self.detail = f"{self.host} pid {os.getpid()}, started {utcnow():%Y-%m-%d %H:%M:%S} UTC"
@@ -63,7 +66,7 @@ class EngineLease:
     async def acquire(self) -> bool:
         """Take the lease if it is free, lapsed or ours; else note who holds it in ``other``."""
         started = time.monotonic()
-        claim = Lease(name=ENGINE, holder=self.holder, host=self.host, pid=os.getpid(), detail=self.detail)
+        claim = Lease(name=self.name, holder=self.holder, host=self.host, pid=os.getpid(), detail=self.detail)
         lease = await self.db.interactive(self.db.repo.acquire_lease, claim, self.ttl_s, gone=self._gone)
         if lease.holder != self.holder:
             self.other = lease
@@ -141,7 +144,7 @@ class EngineLease:
             return
         self._renewed = None
         try:
-            await self.db.interactive(self.db.repo.release_lease, ENGINE, self.holder)
+            await self.db.interactive(self.db.repo.release_lease, self.name, self.holder)
         except StoreUnavailable:
             log.warning("Could not give the engine lease up; a standby takes over when it lapses.")
 
@@ -149,12 +152,12 @@ class EngineLease:
         """Extend the lease now; False when it was taken, or could not be written while stale."""
         started = time.monotonic()
         try:
-            renewed = await self.db.interactive(self.db.repo.renew_lease, ENGINE, self.holder, self.ttl_s)
+            renewed = await self.db.interactive(self.db.repo.renew_lease, self.name, self.holder, self.ttl_s)
         except StoreUnavailable:
             return self.fresh()  # still safely ours for a while; the next renewal may land
         if not renewed:
             self._renewed = None
-            self.other = await self.db.interactive(self.db.repo.get_lease, ENGINE)
+            self.other = await self.db.interactive(self.db.repo.get_lease, self.name)
             return False
         self._renewed = started
         self.db.writable()

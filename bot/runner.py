@@ -624,9 +624,11 @@ class Runner:
         for job in jobs:
             await asyncio.to_thread(shutil.rmtree, self._job_dir(job), True)
             await self.db.persist(self.db.repo.update, job.id or 0, output_path=None)
-        images = await asyncio.to_thread(_remove_older_than, self.service.media_dir / "images", cutoff.timestamp())
+        images = 0
+        for kept in ("images", "gpu"):  # uploaded images; clips a local GPU made, copied to their jobs
+            images += await asyncio.to_thread(_remove_older_than, self.service.media_dir / kept, cutoff.timestamp())
         if jobs or images:
-            log.info("removed media of %s finished jobs and %s images", len(jobs), images)
+            log.info("removed media of %s finished jobs and %s images and GPU clips", len(jobs), images)
 
 
 def _user(job: Job) -> str:

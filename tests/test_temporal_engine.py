@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import threading
+
 import httpx
 import pytest
 
@@ -114,3 +116,70 @@ async def test_kill_9_of_serve_mid_job_then_delivered_once_and_submitted_once(
     finally:
         await bot.stop()
         await receiver.stop()
+
+
+async def test_every_heartbeat_carries_the_latest_progress_reported_from_another_thread() -> None:
+    """The SDK sends only the newest heartbeat of each throttle interval: a bare keep-alive beat
+    landing last would erase the progress on the server (issue 11), so none is ever bare once
+    progress is known; and the beating ends with the body, however the last report races it."""
+    from temporalio.testing import ActivityEnvironment
+
+    from bot.temporal._activities import Pulse, heartbeating
+
+    beats: list[tuple] = []
+    env = ActivityEnvironment()
+    env.on_heartbeat = lambda *details: beats.append(details)
+
+    async def making() -> None:
+        pulse = Pulse()
+
+        def gpu() -> None:
+            for step in range(1, 21):
+                threading.Event().wait(0.01)
+                pulse.report(step / 20)
+
+        async with heartbeating(pulse, every_s=0.05):
+            await asyncio.to_thread(gpu)
+        await asyncio.sleep(0.1)
+
+    for _ in range(5):
+        beats.clear()
+        await asyncio.wait_for(env.run(making), 10)
+        first = next(i for i, details in enumerate(beats) if details)
+        progress = [details[0] for details in beats[first:]]
+        assert all(isinstance(p, float) for p in progress), beats
+        assert progress == sorted(progress) and progress[-1] == 1.0
+
+
+async def test_one_replica_removes_expired_media_as_the_embedded_runner_does(make_core, receiver, temporal_address: str) -> None:
+    core = await _temporal_core(make_core, temporal_address, media_retention_days=0, start=False)
+    core.engine.clean_media_every_s = 0.2
+    await core.start()
+    job = await core.service.submit(parse_request("a field --duration 1 --resolution 832x480"), webhook_origin(receiver))
+    await receiver.wait_for(job.id, "delivered", 60)
+    clip = core.service.media_dir / "jobs" / str(job.id)
+    for _ in range(100):
+        if not clip.exists():
+            break
+        await asyncio.sleep(0.1)
+    assert not clip.exists()
+    kept = await core.service.status(job.id)
+    assert kept.state == "succeeded" and kept.output_path is None and kept.prompt == "a field"
+    lease = core.service.db.repo.get_lease("temporal-housekeeping")
+    assert lease is not None and lease.holder == core.engine._housekeeper.holder
+
+
+async def test_two_databases_on_one_namespace_each_run_their_job_1(
+    make_core, make_settings, receiver, temporal_address: str, tmp_path: Path, another_database
+) -> None:
+    """Both number their jobs from 1; the task-queue prefix keeps their workflows apart, so the
+    second's job 1 does not find the first's closed workflow and wait forever."""
+    first = await _temporal_core(make_core, temporal_address, temporal_task_queue_prefix="first")
+    job = await first.service.submit(parse_request("a red fox --duration 1 --resolution 832x480"), webhook_origin(receiver))
+    assert (await _terminal(first, job.id)).state == "succeeded"
+    second = await _temporal_core(make_core, temporal_address, temporal_task_queue_prefix="second",
+                                  data_dir=tmp_path / "other", database_url=another_database())
+    again = await second.service.submit(parse_request("a blue fox --duration 1 --resolution 832x480"), webhook_origin(receiver))
+    assert again.id == job.id
+    assert (await _terminal(second, again.id)).state == "succeeded"
+    assert await second.engine.wait(again.id) == "succeeded"

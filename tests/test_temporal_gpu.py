@@ -26,7 +26,7 @@ from tests.temporal_server import temporal_address  # noqa: F401  (fixture)
 pytestmark = pytest.mark.timeout(300)
 
 LIMITS = '[defaults]\nresolutions = ["32x32"]\nfps = [16]\nuser_concurrent_jobs = 0\nuser_daily_jobs = 0\n'
-PROMPT = "a fox in the snow --duration 1 --resolution 32x32 --fps 16"
+PROMPT = "a fox in the snow --duration 4 --resolution 32x32 --fps 16"
 
 
 @pytest.fixture(scope="module")
@@ -111,9 +111,10 @@ async def _wait_running(core, job_id: int, *, past: float = 0.0, timeout: float 
 
 
 @pytest.mark.xfail(
-    run=False,
-    reason="known bug, issue 11: on an idle machine the worker's activity stalls after submit and never "
-    "heartbeats progress (it passed only under heavy CPU load, which points at a race in bot/temporal/_gpu.py)",
+    strict=False,
+    reason="test speed, not the worker: on an idle machine the tiny CPU model denoises a whole clip in "
+    "under 1 s (50 steps), so the click can land after the denoise and the clip is decoded; needs a "
+    "slower test pipeline (the heartbeat race of issue 11 is fixed: see test_every_heartbeat_carries_...)",
 )
 async def test_gpu_worker_heartbeats_each_step_and_a_cancel_stops_it_before_the_decode(
     make_core, receiver, workers: GpuWorkers, temporal_address: str, tmp_path: Path  # noqa: F811
@@ -125,8 +126,13 @@ async def test_gpu_worker_heartbeats_each_step_and_a_cancel_stops_it_before_the_
     _, early = await _wait_running(core, first.id)
     _, later = await _wait_running(core, first.id, past=early)  # a heartbeat per step: the detail moves
     assert later > early
-    row = await core.service.status(first.id)
-    assert row.progress > 0  # progress reaches the database, throttled
+    for _ in range(50):  # progress reaches the database, throttled, and from there the bot's chat
+        row = await core.service.status(first.id)  # status message (the worker has no chat of its own)
+        shown = [e["percent"] for e in receiver.for_job(first.id) if e["event"] == "progress"]
+        if row.progress > 0 and any(0 < percent < 100 for percent in shown):
+            break
+        await asyncio.sleep(0.05)
+    assert row.progress > 0 and any(0 < percent < 100 for percent in shown), (row.progress, receiver.for_job(first.id))
     started = time.monotonic()
     await core.service.cancel(first.id, origin)
     handle = core.engine.client.get_workflow_handle(f"videobot-job-{first.id}")
@@ -141,11 +147,6 @@ async def test_gpu_worker_heartbeats_each_step_and_a_cancel_stops_it_before_the_
     assert "stopped on the GPU" in workers.logs()
 
 
-@pytest.mark.xfail(
-    run=False,
-    reason="known bug, issue 11: on an idle machine the worker's activity stalls after submit and never "
-    "heartbeats progress (it passed only under heavy CPU load, which points at a race in bot/temporal/_gpu.py)",
-)
 async def test_kill_9_of_the_gpu_worker_mid_job_finishes_on_another_delivered_once(
     make_core, receiver, workers: GpuWorkers, temporal_address: str  # noqa: F811
 ) -> None:

@@ -24,15 +24,39 @@ MAKING = (JobState.QUEUED, JobState.SUBMITTED, JobState.RUNNING, JobState.FETCHI
 HEARTBEAT_EVERY_S = 1.0
 
 
+class Pulse:
+    """A running activity's latest progress, reported from any thread (a GPU's step callback).
+
+    Its heartbeats carry the newest value, every one of them: the SDK keeps only the latest
+    heartbeat of each throttle interval, so a beat without it would erase it on the server."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.changed = asyncio.Event()
+        self.progress: float | None = None
+
+    def report(self, fraction: float) -> None:
+        """Record ``fraction`` and wake the heartbeat; safe from any thread."""
+        self.progress = fraction
+        with contextlib.suppress(RuntimeError):  # the loop closed: the worker is gone
+            self._loop.call_soon_threadsafe(self.changed.set)
+
+
 @contextlib.asynccontextmanager
-async def heartbeating(every_s: float = HEARTBEAT_EVERY_S) -> AsyncIterator[None]:
-    """Heartbeat while the body runs: the server learns the worker lives, and the worker learns
-    of a cancel (delivered as ``CancelledError`` into the activity)."""
+async def heartbeating(pulse: Pulse | None = None, every_s: float = HEARTBEAT_EVERY_S) -> AsyncIterator[None]:
+    """Heartbeat while the body runs, at least every ``every_s`` and at once when ``pulse``
+    reports: the server learns the worker lives and how far it got, and the worker learns of a
+    cancel (delivered as ``CancelledError`` into the activity). Only this task, in the
+    activity's own context on its loop, calls ``activity.heartbeat``."""
+    pulse = pulse or Pulse()
 
     async def beat() -> None:
         while True:
-            activity.heartbeat()
-            await asyncio.sleep(every_s)
+            pulse.changed.clear()  # before reading: a report from now on wakes the next beat
+            activity.heartbeat(*(() if pulse.progress is None else (pulse.progress,)))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(every_s):  # not wait_for: on 3.11 it can swallow the cancel
+                    await pulse.changed.wait()  # when the event is set in the same tick
 
     task = asyncio.create_task(beat())
     try:

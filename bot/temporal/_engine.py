@@ -1,6 +1,6 @@
 """``TemporalEngine``: the Dispatcher seam over Temporal, and this process's workers.
 
-Each job is one workflow, id ``videobot-job-<id>``, started once its row is committed
+Each job is one workflow, id ``<prefix>-job-<id>`` (``videobot-job-<id>`` by default), started once its row is committed
 (``wake(job)``) with ``USE_EXISTING`` on a running one and ``REJECT_DUPLICATE`` on a closed one,
 so any number of ``serve`` replicas may start it, again and again, and one workflow runs.
 At start every unfinished job's workflow is started the same way (a job whose start was lost
@@ -11,12 +11,17 @@ queue (``<prefix>-provider``: submit, poll, download against a hosted backend) a
 queue (``<prefix>-chat``: delivery and failure notices). GPU jobs go to ``<prefix>-gpu``, which
 ``videobot worker --engine temporal`` polls (``bot.temporal._gpu``). No engine lease: Temporal
 hands each step to one worker at a time.
+
+One replica at a time (the ``temporal-housekeeping`` lease in the database) also does what the
+embedded runner does beside its steps: it shows the GPU workers' progress, which they write to
+the jobs table, in each job's chat status message, and removes media past the retention hourly.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -28,16 +33,27 @@ from temporalio.service import RPCError
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from bot.errors import ConfigurationError
+from bot.lease import EngineLease
+from bot.notifier import ProgressUpdate, Stage
 from bot.runner import Runner
 from bot.settings import Settings
 from bot.temporal._activities import JobSteps
 from bot.temporal._workflow import WORKFLOW, JobInput, JobWorkflow, workflow_id
-from storage.tables import Job
+from storage.tables import Job, JobState
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_THROTTLE = timedelta(seconds=1)
 """Heartbeats reach the server at least this often, so a cancel reaches the worker as fast."""
+
+
+def heartbeat_throttle(settings: Settings) -> timedelta:
+    """How often a worker's heartbeats reach the server: each second, or ten times per heartbeat
+    timeout where that is shorter (the SDK's own default, 0.8 of the timeout, would let a single
+    late beat time the activity out, and show a fast GPU's progress too seldom to follow)."""
+    return min(HEARTBEAT_THROTTLE, timedelta(seconds=settings.temporal_heartbeat_timeout_s / 10))
+HOUSEKEEPING = "temporal-housekeeping"
+CLEAN_MEDIA_EVERY_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -70,7 +86,8 @@ async def connect(settings: Settings) -> Client:
 class TemporalEngine:
     """What runs jobs under ``VIDEOBOT_ENGINE=temporal``; attached to the service as its dispatcher."""
 
-    def __init__(self, settings: Settings, runner: Runner, *, resync_s: float = 30.0) -> None:
+    def __init__(self, settings: Settings, runner: Runner, *, resync_s: float = 30.0,
+                 clean_media_every_s: float = CLEAN_MEDIA_EVERY_S) -> None:
         self.settings = settings
         self.runner = runner
         self.service = runner.service
@@ -83,6 +100,11 @@ class TemporalEngine:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started: set[int] = set()
         self._resync: asyncio.Task[None] | None = None
+        self.clean_media_every_s = clean_media_every_s
+        self.housekeeping_every_s = max(min(settings.progress_interval_s, 5.0), 0.1)
+        self._housekeeper = EngineLease(self.db, max(10 * self.housekeeping_every_s, 10.0), name=HOUSEKEEPING)
+        self._shown: dict[int, float] = {}
+        self._housekeeping: asyncio.Task[None] | None = None
         self.service.attach_dispatcher(self)
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -97,11 +119,16 @@ class TemporalEngine:
                 self._spawn(worker.run())
         await self.resume()
         self._resync = asyncio.create_task(self._resync_loop(), name="videobot-temporal-resync")
+        if workers:
+            self._housekeeping = asyncio.create_task(self._housekeeping_loop(), name="videobot-temporal-housekeeping")
 
     async def stop(self) -> None:
-        if self._resync is not None:
-            self._resync.cancel()
-            await asyncio.gather(self._resync, return_exceptions=True)
+        for loop in (self._resync, self._housekeeping):
+            if loop is not None:
+                loop.cancel()
+                await asyncio.gather(loop, return_exceptions=True)
+        if self._housekeeping is not None:
+            await self._housekeeper.release()
         for worker in self._workers:
             await worker.shutdown()
         for task in list(self._tasks):
@@ -111,7 +138,7 @@ class TemporalEngine:
 
     def _build_workers(self, client: Client) -> list[Worker]:
         slots = sum(g.backend.max_concurrency for g in self.service.generators.values() if _queue_kind(g.backend) == "provider")
-        common: dict[str, Any] = {"max_heartbeat_throttle_interval": HEARTBEAT_THROTTLE,
+        common: dict[str, Any] = {"max_heartbeat_throttle_interval": heartbeat_throttle(self.settings),
                                   "graceful_shutdown_timeout": timedelta(seconds=1)}
         workers = [
             Worker(client, task_queue=self.queues.jobs, workflows=[JobWorkflow],
@@ -156,7 +183,7 @@ class TemporalEngine:
         provider's task, as the embedded runner does."""
         if self.client is not None:
             try:
-                await self.client.get_workflow_handle(workflow_id(job.id or 0)).cancel()
+                await self.client.get_workflow_handle(self.workflow_id(job.id or 0)).cancel()
             except RPCError as error:  # already closed, or never started
                 log.info("job %s: workflow not canceled (%s)", job.id, error.message)
         generator = self.service.generators.get(job.backend)
@@ -164,6 +191,9 @@ class TemporalEngine:
             await generator.backend.cancel(job.task_id)
 
     # -- starting workflows -----------------------------------------------------------------
+
+    def workflow_id(self, job_id: int) -> str:
+        return workflow_id(job_id, self.settings.temporal_task_queue_prefix)
 
     def job_input(self, job: Job) -> JobInput:
         generator = self.service.generators.get(job.backend)
@@ -185,14 +215,18 @@ class TemporalEngine:
             await self.client.start_workflow(
                 WORKFLOW,
                 self.job_input(job),
-                id=workflow_id(job_id),
+                id=self.workflow_id(job_id),
                 task_queue=self.queues.jobs,
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 priority=Priority(fairness_key=fairness_key(job)),
             )
-        except WorkflowAlreadyStartedError:
-            pass  # it ran and closed; the row says how it ended
+        except WorkflowAlreadyStartedError:  # it ran and closed; the row says how it ended
+            now = await self.db.run(self.db.repo.get, job_id)
+            if now is not None and not now.job_state.terminal:
+                log.warning("job %s is %s, yet its workflow %s already closed: does another database use "
+                            "this Temporal namespace with TEMPORAL_TASK_QUEUE_PREFIX=%s too?",
+                            job_id, now.state, self.workflow_id(job_id), self.settings.temporal_task_queue_prefix)
         except (RPCError, RuntimeError) as error:
             log.warning("job %s: could not start its workflow (%s); retrying within %g s", job_id, error, self.resync_s)
             return
@@ -208,7 +242,7 @@ class TemporalEngine:
         """The job's workflow result (tests and benchmarks)."""
         assert self.client is not None
         try:
-            return await self.client.get_workflow_handle(workflow_id(job_id)).result()
+            return await self.client.get_workflow_handle(self.workflow_id(job_id)).result()
         except WorkflowFailureError as error:
             return f"workflow failed: {error.cause}"
 
@@ -219,6 +253,50 @@ class TemporalEngine:
                 await self.resume()
             except Exception:
                 log.warning("could not look for jobs without a workflow", exc_info=True)
+
+    # -- housekeeping: one replica at a time ------------------------------------------------
+
+    async def _housekeeping_loop(self) -> None:
+        cleaned = asked = 0.0
+        holding = False
+        while True:
+            try:
+                if time.monotonic() - asked >= self._housekeeper.every_s:  # take or renew the lease
+                    asked = time.monotonic()
+                    holding = await self._housekeeper.acquire()
+                if holding and self._housekeeper.fresh():
+                    await self.show_gpu_progress()
+                    if time.monotonic() - cleaned >= self.clean_media_every_s:
+                        cleaned = time.monotonic()
+                        await self.runner.clean_media()
+            except Exception:
+                log.warning("housekeeping failed; trying again in %g s", self.housekeeping_every_s, exc_info=True)
+            await asyncio.sleep(self.housekeeping_every_s)
+
+    async def show_gpu_progress(self) -> None:
+        """Render each generating GPU job's stored progress in its chat status message, when it
+        moved since this process last showed it. (A provider job's step, which runs here, shows
+        its own, as the embedded runner does.)"""
+        live: set[int] = set()
+        for job in await self.db.run(self.db.repo.in_flight, self.runner.platforms):
+            generator = self.service.generators.get(job.backend)
+            if job.job_state not in (JobState.SUBMITTED, JobState.RUNNING) or generator is None \
+                    or _queue_kind(generator.backend) != "gpu":
+                continue
+            job_id = job.id or 0
+            live.add(job_id)
+            notifier = self.service.notifiers.get(job.platform)
+            if notifier is None or self._shown.get(job_id) == job.progress:
+                continue
+            self._shown[job_id] = job.progress
+            update = ProgressUpdate(Stage.GENERATING, percent=int(job.progress * 100),
+                                    segment=job.segment_index + 1, segments=job.segment_count)
+            try:
+                await notifier.progress(job, update)
+            except Exception:
+                log.warning("job %s: progress update failed", job_id, exc_info=True)
+        for job_id in set(self._shown) - live:
+            del self._shown[job_id]
 
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.create_task(coroutine)

@@ -17,12 +17,12 @@ and never generates; the engine routes its jobs to the gpu queue.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import os
 import signal
 import socket
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -34,8 +34,8 @@ from bot.catalog import own_generator
 from bot.errors import BackendError
 from bot.models import GenerationSpec, Mode, TaskState, TaskStatus
 from bot.settings import Settings
-from bot.temporal._activities import MAKING, JobSteps, heartbeating
-from bot.temporal._engine import HEARTBEAT_THROTTLE, TaskQueues, connect
+from bot.temporal._activities import MAKING, JobSteps, Pulse, heartbeating
+from bot.temporal._engine import TaskQueues, connect, heartbeat_throttle
 from bot.temporal._workflow import GENERATE, Outcome
 from storage.tables import JobState
 
@@ -75,24 +75,24 @@ class GpuQueueBackend:
 
 
 class _Beating:
-    """The resident generator, with every progress callback (each denoising step) heartbeating
-    the activity it runs for."""
+    """The resident generator, with every progress callback (each denoising step, called on the
+    GPU thread) also handed to ``listener``: the running activity's ``Pulse``."""
 
     def __init__(self, generator: Any) -> None:
         self._generator = generator
-        self.beat: Callable[[float], None] | None = None
+        self.listener: Callable[[float], None] | None = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._generator, name)
 
     async def generate(self, spec: GenerationSpec, dest: Path, on_progress: Callable[[float], None],
                        cancel: asyncio.Event) -> None:
-        beat = self.beat
+        listener = self.listener
 
         def progress(fraction: float) -> None:
             on_progress(fraction)
-            if beat is not None:
-                beat(fraction)
+            if listener is not None:
+                listener(fraction)
 
         await self._generator.generate(spec, dest, progress, cancel)
 
@@ -107,25 +107,44 @@ class GpuSteps:
         self.beating = beating
         self.steps = JobSteps(runner)
 
-    @activity.defn(name=GENERATE, no_thread_cancel_exception=True)
+    @activity.defn(name=GENERATE)
     async def generate(self, job_id: int) -> Outcome:
-        loop = asyncio.get_running_loop()
-        context = contextvars.copy_context()  # the activity's own: heartbeat works from the GPU thread
-        self.beating.beat = lambda fraction: loop.call_soon_threadsafe(context.run, activity.heartbeat, fraction)
+        """Make the clip, heartbeating each step's progress. However the cancel arrives (with a
+        heartbeat's answer, or as the canceled row the runner's poll reads first), the activity
+        ends only once the GPU has stopped."""
+        pulse = Pulse()
+        self.beating.listener = pulse.report
         try:
-            async with heartbeating():
-                job = await self.db.run(self.db.repo.get, job_id)
-                if job is not None and job.job_state in (JobState.SUBMITTED, JobState.RUNNING):
-                    state = await self.backend.poll(job.task_id or "")
-                    if state.status is TaskStatus.FAILED:  # issued by a worker that died: make it here
-                        log.info("job %s: task %s died with its worker; starting it again here", job_id, job.task_id)
-                        await self.runner.resubmit(job)
-                return await self.steps.advance(job_id, MAKING)
-        except asyncio.CancelledError:
-            await self._stop(job_id)
-            raise
+            async with heartbeating(pulse):
+                try:
+                    outcome = await self._make(job_id)
+                except asyncio.CancelledError:
+                    await self._stop_through(job_id)
+                    raise
+                if outcome.state == JobState.CANCELED.value:
+                    await self._stop_through(job_id)
+                return outcome
         finally:
-            self.beating.beat = None
+            self.beating.listener = None
+
+    async def _make(self, job_id: int) -> Outcome:
+        job = await self.db.run(self.db.repo.get, job_id)
+        if job is not None and job.job_state in (JobState.SUBMITTED, JobState.RUNNING):
+            state = await self.backend.poll(job.task_id or "")
+            if state.status is TaskStatus.FAILED:  # issued by a worker that died: make it here
+                log.info("job %s: task %s died with its worker; starting it again here", job_id, job.task_id)
+                await self.runner.resubmit(job)
+        return await self.steps.advance(job_id, MAKING)
+
+    async def _stop_through(self, job_id: int) -> None:
+        """``_stop``, finished even when the other cancel path (the heartbeat's answer after the
+        row's, or the reverse) cancels the activity meanwhile."""
+        stopping = asyncio.create_task(self._stop(job_id))
+        try:
+            await asyncio.shield(stopping)
+        except asyncio.CancelledError:
+            await stopping
+            raise
 
     async def _stop(self, job_id: int) -> None:
         """Stop the job's GPU task at its next step boundary and wait until the GPU is free."""
@@ -150,6 +169,10 @@ async def run_gpu_worker(settings: Settings, model: str, options: Any, *, stop: 
     beating = _Beating(generator)
     backend = DiffusersBackend(beating, settings.media_dir / "gpu")  # type: ignore[arg-type]
     core = await Core.create(settings, backend=backend)
+    # Polling the in-process model costs nothing: poll as often as progress is written to the
+    # row, from which the bot's replicas show it in the chat.
+    options = core.runner.options
+    core.runner.options = replace(options, poll_interval_s=min(options.poll_interval_s, max(options.progress_interval_s, 0.1)))
     steps = GpuSteps(core.runner, backend, beating)
     client = await connect(settings)
     queue = TaskQueues.named(settings.temporal_task_queue_prefix).gpu
@@ -158,7 +181,7 @@ async def run_gpu_worker(settings: Settings, model: str, options: Any, *, stop: 
         task_queue=queue,
         activities=[steps.generate],
         max_concurrent_activities=1,
-        max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
+        max_heartbeat_throttle_interval=heartbeat_throttle(settings),
         graceful_shutdown_timeout=timedelta(seconds=1),
         identity=f"videobot-gpu@{socket.gethostname()}:{os.getpid()}",
     )

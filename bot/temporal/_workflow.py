@@ -28,8 +28,10 @@ FAIL = "videobot.fail"
 UNEXPECTED = "Something went wrong on our side with job #{job_id}. It was not counted."
 
 
-def workflow_id(job_id: int) -> str:
-    return f"videobot-job-{job_id}"
+def workflow_id(job_id: int, prefix: str = "videobot") -> str:
+    """``<prefix>-job-<id>``: the task-queue prefix keeps apart the jobs of databases that share
+    a Temporal namespace (their ids both start at 1), as it keeps apart their queues."""
+    return f"{prefix}-job-{job_id}"
 
 
 @dataclass
