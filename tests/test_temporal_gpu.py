@@ -25,8 +25,11 @@ from tests.temporal_server import temporal_address  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.timeout(300)
 
-LIMITS = '[defaults]\nresolutions = ["32x32"]\nfps = [16]\nuser_concurrent_jobs = 0\nuser_daily_jobs = 0\n'
+LIMITS = '[defaults]\nresolutions = ["32x32", "192x192"]\nfps = [16]\nuser_concurrent_jobs = 0\nuser_daily_jobs = 0\n'
 PROMPT = "a fox in the snow --duration 4 --resolution 32x32 --fps 16"
+SLOW_PROMPT = "a fox in the snow --duration 4 --resolution 192x192 --fps 16"
+"""Denoises for seconds even on an idle machine (the 32x32 clip takes under one), so a cancel lands
+mid-denoise."""
 
 
 @pytest.fixture(scope="module")
@@ -110,19 +113,13 @@ async def _wait_running(core, job_id: int, *, past: float = 0.0, timeout: float 
     raise AssertionError(f"job {job_id} never reported denoising progress past {past}")
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="test speed, not the worker: on an idle machine the tiny CPU model denoises a whole clip in "
-    "under 1 s (50 steps), so the click can land after the denoise and the clip is decoded; needs a "
-    "slower test pipeline (the heartbeat race of issue 11 is fixed: see test_every_heartbeat_carries_...)",
-)
 async def test_gpu_worker_heartbeats_each_step_and_a_cancel_stops_it_before_the_decode(
     make_core, receiver, workers: GpuWorkers, temporal_address: str, tmp_path: Path  # noqa: F811
 ) -> None:
     await workers.start(1)
     core = await _serve(make_core, temporal_address)
     origin = webhook_origin(receiver)
-    first = await core.service.submit(parse_request(PROMPT), origin)
+    first = await core.service.submit(parse_request(SLOW_PROMPT), origin)
     _, early = await _wait_running(core, first.id)
     _, later = await _wait_running(core, first.id, past=early)  # a heartbeat per step: the detail moves
     assert later > early
