@@ -52,6 +52,8 @@ async def test_a_job_runs_as_one_workflow_and_is_delivered_once(make_core, recei
     assert (await core.engine.client.get_workflow_handle(f"videobot-job-{job.id}").describe()).run_id == description.run_id
     health = await core.health()
     assert health["engine"] == "temporal" and health["temporal"]["connected"] and health["status"] == "ok"
+    seen = health["temporal"]["workers"]  # this process's own provider and chat workers, as Temporal saw them
+    assert seen["videobot-provider"] and seen["videobot-chat"] and seen["videobot-gpu"] == []
 
 
 async def test_a_backend_failure_fails_the_job_once_and_tells_the_person(make_core, receiver, temporal_address: str) -> None:

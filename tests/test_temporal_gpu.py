@@ -152,6 +152,7 @@ async def test_kill_9_of_the_gpu_worker_mid_job_finishes_on_another_delivered_on
     job = await core.service.submit(parse_request(PROMPT), webhook_origin(receiver))
     pending, _ = await _wait_running(core, job.id)
     pid = int(pending.last_worker_identity.rsplit(":", 1)[1])
+    assert pending.last_worker_identity in (await core.health())["temporal"]["workers"]["videobot-gpu"]  # /healthz sees it
     victim = next(p for p in processes if p.pid == pid)
     victim.send_signal(signal.SIGKILL)
     await victim.wait()

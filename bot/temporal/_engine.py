@@ -26,6 +26,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.common import Priority, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
@@ -156,7 +159,8 @@ class TemporalEngine:
         return self.client is not None
 
     async def health(self) -> dict[str, Any]:
-        """What /healthz shows of the engine: the server, and whether it answers now."""
+        """What /healthz shows of the engine: the server, whether it answers now, and the workers
+        seen polling each task queue."""
         answer: dict[str, Any] = {
             "address": self.settings.temporal_address,
             "namespace": self.settings.temporal_namespace,
@@ -166,9 +170,20 @@ class TemporalEngine:
             return {**answer, "connected": False}
         try:
             await asyncio.wait_for(self.client.service_client.check_health(), 2.0)
-            return {**answer, "connected": True}
+            workers = {queue: await asyncio.wait_for(self._pollers(queue), 2.0) for queue in answer["task_queues"]}
+            return {**answer, "connected": True, "workers": workers}
         except (RPCError, RuntimeError, TimeoutError) as error:
             return {**answer, "connected": False, "reason": str(error) or type(error).__name__}
+
+    async def _pollers(self, queue: str) -> list[str]:
+        """The worker identities (``pid@host:…``) that polled ``queue``'s activities lately, as
+        Temporal saw them: an operator sees at a glance whether any GPU worker is there at all."""
+        assert self.client is not None
+        answer = await self.client.workflow_service.describe_task_queue(DescribeTaskQueueRequest(
+            namespace=self.settings.temporal_namespace, task_queue=TaskQueue(name=queue),
+            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
+        ))
+        return sorted(poller.identity for poller in answer.pollers)
 
     # -- the Dispatcher seam ----------------------------------------------------------------
 
