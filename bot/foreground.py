@@ -61,19 +61,38 @@ class Foreground:
     def serving(self) -> Iterator[None]:
         """Hold background work back while the block runs: wrap everything from a request's
         arrival to its answer (the ack), not the work that follows it. Event loop only."""
+        self._begin()
+        try:
+            yield
+        finally:
+            self._end()
+
+    @contextmanager
+    def serving_from_thread(self, loop: asyncio.AbstractEventLoop) -> Iterator[None]:
+        """``serving()`` for a request served on another thread's event loop; ``loop`` is the
+        one background work runs on. Holds at once (``arrived``), and counts the request on
+        ``loop`` in order, whenever that loop gets to it."""
+        self.arrived()
+        loop.call_soon_threadsafe(self._begin)
+        try:
+            yield
+        finally:
+            self.arrived()
+            loop.call_soon_threadsafe(self._end)
+
+    def _begin(self) -> None:
         if not self.busy:
             self._busy_since = time.monotonic()
         self._serving += 1
         self._calm.clear()
         self._calm_for_threads.clear()
-        try:
-            yield
-        finally:
-            self._serving -= 1
-            self._last_seen = time.monotonic()
-            if not self._serving:
-                self._calm.set()
-                self._calm_for_threads.set()
+
+    def _end(self) -> None:
+        self._serving -= 1
+        self._last_seen = time.monotonic()
+        if not self._serving:
+            self._calm.set()
+            self._calm_for_threads.set()
 
     @property
     def holding(self) -> bool:

@@ -5,6 +5,7 @@ test holds the gate as long as it likes (``max_wait_s`` far beyond the test's ti
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 
@@ -46,6 +47,28 @@ async def test_an_accepted_connection_holds_background_work_before_its_request_i
     await _spin()
     assert gate.holding and not waiting.done()
     waiting.cancel()
+
+
+async def test_an_ack_served_on_another_threads_loop_holds_background_work_until_answered() -> None:
+    gate = Foreground(quiet_s=0, max_wait_s=3600)
+    served, answered = threading.Event(), threading.Event()
+    loop = asyncio.get_running_loop()
+
+    def serve() -> None:  # the Slack adapter's ack thread
+        with gate.serving_from_thread(loop):
+            served.set()
+            answered.wait()
+
+    ack_thread = threading.Thread(target=serve)
+    ack_thread.start()
+    await asyncio.to_thread(served.wait)
+    waiting = asyncio.create_task(gate.turn())
+    await _spin()
+    assert gate.holding and not waiting.done()
+    answered.set()
+    await asyncio.to_thread(ack_thread.join)
+    await waiting
+    assert not gate.holding
 
 
 def test_a_busy_spell_holds_background_work_for_max_wait_at_most() -> None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import threading
 import time
+import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -173,6 +175,29 @@ async def test_the_core_holds_its_background_work_while_a_command_is_being_acked
     answer = await slack.command(f"a red fox running through snow {FAST}")
 
     assert answer.status == 200 and holding == [True]
+
+
+async def test_a_command_is_acked_while_the_cores_event_loop_is_blocked(slack: SlackBot) -> None:
+    await slack.command("help")  # Bolt checks the bot token (auth.test) on its first request only
+    body = form_body(slash_command(f"a red fox running through snow {FAST}"))
+    url = f"http://127.0.0.1:{slack.adapter.port}/slack/events"
+    statuses: list[int] = []
+    acked = threading.Event()
+
+    def post() -> None:  # from another thread: the core's loop is blocked meanwhile
+        headers = {"Content-Type": "application/x-www-form-urlencoded", **sign(body)}
+        with urllib.request.urlopen(urllib.request.Request(url, body.encode(), headers), timeout=30) as response:
+            statuses.append(response.status)
+        acked.set()
+
+    client = threading.Thread(target=post)
+    client.start()
+    acked_while_blocked = acked.wait(timeout=30)  # blocks the core's loop, as a heavy burst of work would
+    client.join()
+
+    assert acked_while_blocked and statuses == [200]
+    [job] = await slack.wait_jobs(1)  # the submit that follows the ack ran once the loop was free
+    assert job.prompt == "a red fox running through snow"
 
 
 async def test_video_command_posts_clip_into_thread(slack: SlackBot, tmp_path: Path) -> None:

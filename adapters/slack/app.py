@@ -14,6 +14,11 @@ Every Web API call, Socket Mode's ``apps.connections.open`` included, goes to
 Each request, from the moment its connection is accepted (HTTP mode) or it reaches Bolt (Socket
 Mode) until its ack is sent, is served in the core's ``Foreground``: the runner starts no new
 step meanwhile, so a runner busy with hundreds of jobs does not delay acks.
+
+In HTTP mode the server and Bolt run on an ``AckLoop`` (their own event loop and thread), with a
+Web API client of their own, and reach the core through a ``CoreBridge``: an ack never waits
+for a turn of the core's loop. Socket Mode stays on the core's loop: its acks go back over one
+websocket the SDK owns, and moving that client to another thread is left for when it is needed.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 from aiohttp import web
@@ -35,6 +40,7 @@ from slack_sdk.socket_mode.aiohttp import SocketModeClient
 from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.web.async_client import AsyncWebClient
 
+from adapters.slack.ack_loop import AckLoop, CoreBridge, finish_tasks
 from adapters.slack.files import SlackFiles
 from adapters.slack.listeners import register
 from adapters.slack.notifier import SlackNotifier
@@ -84,17 +90,25 @@ class SlackAdapter:
         self._foreground = service.foreground
         self.client = web_client(settings.slack_bot_token, settings.slack_api_url)
         self.notifier = SlackNotifier(self.client)
+        # HTTP mode: the listeners run on the ack loop, with a client whose session lives there.
+        self._acks = None if self.socket_mode else AckLoop()
+        self._bridge = None if self.socket_mode else CoreBridge(service)
+        self._ack_client = (
+            self.client if self.socket_mode else web_client(settings.slack_bot_token, settings.slack_api_url)
+        )
+        self._core_loop: asyncio.AbstractEventLoop | None = None
         self.app = AsyncApp(
-            client=self.client,
+            client=self._ack_client,
             signing_secret=settings.slack_signing_secret,
             # Socket Mode requests arrive over an authenticated websocket and carry no signature.
             request_verification_enabled=not self.socket_mode,
             logger=logging.getLogger("adapters.slack.bolt"),
         )
-        register(self.app, service, SlackFiles(self.client))
+        register(self.app, cast(JobService, self._bridge or service), SlackFiles(self._ack_client))
         self._socket: AsyncSocketModeHandler | None = None
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._ack_session: aiohttp.ClientSession | None = None
         self.port: int | None = None
 
     async def start(self) -> None:
@@ -113,6 +127,21 @@ class SlackAdapter:
         if self.socket_mode:
             await self._connect_socket()
             return
+        assert self._acks is not None and self._bridge is not None
+        self._core_loop = asyncio.get_running_loop()
+        self._bridge.attach(self._core_loop)
+        self._acks.start()
+        try:
+            await self._acks.call(self._listen())
+        except BaseException:
+            await self.stop()
+            raise
+        log.info("slack: listening for Slack requests on port %s at %s", self.port, EVENTS_PATH)
+
+    async def _listen(self) -> None:
+        """On the ack loop: the listeners' Web API session, and the server."""
+        self._ack_session = aiohttp.ClientSession()
+        self._ack_client.session = self._ack_session
         web_app = guard_app(web.Application())
         web_app.router.add_post(EVENTS_PATH, self._handle)
         self._runner = _ArrivalsRunner(self._foreground, web_app, access_log=None, **runner_options())
@@ -121,7 +150,6 @@ class SlackAdapter:
         site = web.TCPSite(self._runner, self._settings.http_host, self._settings.slack_port, backlog=1024)
         await site.start()
         self.port = self._runner.addresses[0][1]
-        log.info("slack: listening for Slack requests on port %s at %s", self.port, EVENTS_PATH)
 
     async def _connect_socket(self) -> None:
         # The SDK retries a refused app token forever; give up after a while and say why.
@@ -142,15 +170,26 @@ class SlackAdapter:
         if self._socket is not None:
             await self._socket.close_async()
             self._socket = None
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self._acks is not None and self._acks.running:
+            await self._acks.call(self._close_server())
+            await self._acks.stop()
         if self._session is not None:
             await self._session.close()
             self._session = None
 
+    async def _close_server(self) -> None:
+        """On the ack loop: stop listening, then close the listeners' session."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        await finish_tasks()  # work that follows an ack may still be calling the Web API
+        if self._ack_session is not None:
+            await self._ack_session.close()
+            self._ack_session = None
+
     async def _handle(self, request: web.Request) -> web.Response:
-        with self._foreground.serving():
+        assert self._core_loop is not None
+        with self._foreground.serving_from_thread(self._core_loop):
             response = await self.app.async_dispatch(await to_bolt_request(request))
             return await to_aiohttp_response(response)
 
