@@ -3,11 +3,15 @@ the simulator, and a webhook receiver."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from bot.app import Core
@@ -49,6 +53,24 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         writer.line(f"  {line}", red=True)
     if session.exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+async def start_serve(env: dict[str, str], log: Path, health_url: str, timeout: float = 60) -> asyncio.subprocess.Process:
+    """Start `videobot serve` (output appended to ``log``) and return once ``health_url`` answers
+    200. The wait is generous because a loaded 2-core machine took over 15 s to start one; a
+    process that exits meanwhile ends the wait at once, its log in the failure."""
+    with log.open("ab") as out:
+        process = await asyncio.create_subprocess_exec(sys.executable, "-m", "bot", "serve", stdout=out, stderr=out, env=env)
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient() as client:
+        while time.monotonic() < deadline and process.returncode is None:
+            try:
+                if (await client.get(health_url)).status_code == 200:
+                    return process
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"serve did not start (exit code {process.returncode}):\n{log.read_text()}")
 
 
 def subprocess_env(tmp_path: Path, **extra: str) -> dict[str, str]:

@@ -11,7 +11,6 @@ import asyncio
 import signal
 import socket
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import httpx
 import pytest
 
 from bot.media import probe
-from tests.conftest import subprocess_env
+from tests.conftest import start_serve, subprocess_env
 from tests.fakes.webhook_receiver import WebhookReceiver
 
 pytestmark = pytest.mark.timeout(150)
@@ -64,20 +63,7 @@ class Bot:
         self.process: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bot", "serve", stdout=log, stderr=log, env=self.env
-            )
-        deadline = time.monotonic() + 60  # 15 s was too short for a restart on a machine at load 15
-        async with httpx.AsyncClient() as client:
-            while time.monotonic() < deadline and self.process.returncode is None:
-                try:
-                    if (await client.get(f"{self.url}/healthz")).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.05)
-        raise AssertionError(f"serve did not start:\n{self.log.read_text()}")
+        self.process = await start_serve(self.env, self.log, f"{self.url}/healthz")
 
     def kill(self) -> None:
         assert self.process is not None

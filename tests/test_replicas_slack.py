@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from bot.images import load_image
 from storage.engine import make_engine
 from storage.repository import JobRepository
 from storage.tables import Job, JobState
-from tests.conftest import subprocess_env, webhook_origin
+from tests.conftest import start_serve, subprocess_env, webhook_origin
 from tests.fakes.slack_api import (
     APP_TOKEN,
     BOT_TOKEN,
@@ -72,21 +71,7 @@ class Replica:
         self.process: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bot", "serve", stdout=log, stderr=log, env=self.env
-            )
-        async with httpx.AsyncClient() as client:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                assert self.process.returncode is None, f"serve {self.name} exited:\n{self.log.read_text()}"
-                try:
-                    if (await client.get(f"http://127.0.0.1:{self.ops_port}/healthz")).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise AssertionError(f"serve {self.name} did not start:\n{self.log.read_text()}")
+        self.process = await start_serve(self.env, self.log, f"http://127.0.0.1:{self.ops_port}/healthz")
 
     def kill(self) -> None:
         assert self.process is not None
